@@ -1,0 +1,74 @@
+"""Device and precision resolution, done once at the edge (CLI or API constructor)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from impersonator_cli.errors import EnvironmentProblem, UsageError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the networks run."""
+
+    device: torch.device
+    precision: str  # one of PRECISIONS
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps if available, else cpu; explicit names are checked."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"Unknown device '{name}'", hint="Use auto, cpu, cuda, cuda:N or mps.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EnvironmentProblem(
+            f"Device '{name}' was requested but this torch build sees no CUDA device",
+            hint="Run `impersonate doctor` to see what torch detects, install a CUDA build of torch, or use --device cpu.",
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise EnvironmentProblem(
+            f"Device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) are visible",
+            hint="Pick an index below that count or use --device cuda.",
+        )
+    if device.type == "mps" and not _mps_available():
+        raise EnvironmentProblem("Device 'mps' was requested but is not available", hint="Use --device cpu.")
+    return device
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """fp32 by default on CPU; fp16 by default on CUDA. Unsafe requests are downgraded with a warning."""
+    dev = resolve_device(device)
+    precision = (precision or "auto").strip().lower()
+    if precision == "auto":
+        precision = "fp16" if dev.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise UsageError(f"Unknown precision '{precision}'", hint=f"Use auto or one of: {', '.join(PRECISIONS)}.")
+    if precision == "fp16" and dev.type == "cpu":
+        warnings.warn("fp16 is slow and imprecise on CPU; using bf16 instead.", stacklevel=2)
+        precision = "bf16"
+    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        warnings.warn("This GPU has no bf16 support; using fp16 instead.", stacklevel=2)
+        precision = "fp16"
+    return Runtime(device=dev, precision=precision)
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())

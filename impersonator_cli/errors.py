@@ -1,0 +1,112 @@
+"""Typed errors. Each carries one actionable paragraph: what went wrong, which file, what to do.
+
+The API raises these; only the CLI turns them into a message and an exit code.
+
+Exit codes (documented in the README):
+  1   internal error (a bug: please report it)
+  2   bad usage (invalid option values or combinations)
+  3   bad input (a missing, unreadable, corrupt or unsupported input file)
+  4   missing or invalid weights
+  5   output problem (exists without --overwrite, not writable)
+  6   runtime environment problem (ffmpeg missing or failing, device unavailable)
+  130 interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class ImpersonateError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    exit_code = 1
+    title = "Error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | PathLike | None = None,
+        hint: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.message = message.rstrip()
+        self.path = None if path is None else str(path)
+        self.hint = hint
+        self.detail = detail
+        super().__init__(self.paragraph())
+
+    def paragraph(self) -> str:
+        """The one-paragraph message shown to the user (detail excluded)."""
+        text = self.message
+        if self.path is not None and self.path not in text:
+            text = f"{text} [{self.path}]"
+        if not text.endswith((".", "!", "?")):
+            text += "."
+        if self.hint:
+            text = f"{text} {self.hint.rstrip()}"
+        return text
+
+    def full_text(self) -> str:
+        """Paragraph plus any tool output (e.g. the relevant part of ffmpeg's stderr)."""
+        if not self.detail:
+            return self.paragraph()
+        return f"{self.paragraph()}\n{self.detail.rstrip()}"
+
+
+class UsageError(ImpersonateError):
+    """Options that cannot work together or are out of range."""
+
+    exit_code = 2
+    title = "Usage error"
+
+
+class InputError(ImpersonateError):
+    """An input file is missing, unreadable, corrupt or of the wrong kind."""
+
+    exit_code = 3
+    title = "Input error"
+
+
+class VideoDecodeError(InputError):
+    """ffmpeg could not read an input; `detail` holds the tail of its stderr."""
+
+
+class WeightsError(ImpersonateError):
+    """A weight file is missing, corrupt, of the wrong format or fails verification."""
+
+    exit_code = 4
+    title = "Weights error"
+
+
+class OutputError(ImpersonateError):
+    """An output cannot be written (exists without --overwrite, unwritable folder)."""
+
+    exit_code = 5
+    title = "Output error"
+
+
+class EnvironmentProblem(ImpersonateError):
+    """The runtime environment lacks something (ffmpeg binary, CUDA device, optional backend)."""
+
+    exit_code = 6
+    title = "Environment error"
+
+
+class EncodeError(EnvironmentProblem):
+    """ffmpeg failed while writing an output; `detail` holds the tail of its stderr."""
+
+
+EXIT_INTERRUPTED = 130
+
+
+def stderr_tail(text: str | bytes | None, max_lines: int = 12, max_chars: int = 2000) -> str:
+    """The last relevant lines of a tool's stderr, for inclusion in an error."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    tail = "\n".join(lines[-max_lines:])
+    return tail[-max_chars:]

@@ -1,0 +1,1 @@
+"""Stage 3 of the method: the Liquid Warping GAN networks (generator with LWB, inpaintor, discriminator)."""
