@@ -86,7 +86,17 @@ def _ffmpeg_checks() -> list[dict[str, str]]:
         info = ffmpeg_info()
     except Exception as exc:  # noqa: BLE001
         return [_row("ffmpeg", MISSING, str(exc), "pip install imageio-ffmpeg, or apt install ffmpeg")]
-    return [_row(key, OK if val else WARN, str(val)) for key, val in info.items()]
+    return [
+        _row("ffmpeg", OK, f"{info.version} ({info.path})"),
+        _row("libx264", OK if info.libx264 else MISSING, "listed" if info.libx264 else "not listed",
+             "" if info.libx264 else "Video output needs libx264: pip install imageio-ffmpeg."),
+        _row("aac", OK if info.aac else WARN, "listed" if info.aac else "not listed",
+             "" if info.aac else "Audio will not be kept without the aac encoder."),
+        _row("h264_nvenc", OK if info.h264_nvenc else WARN, "listed" if info.h264_nvenc else "not listed",
+             "Listed only: it also needs an NVIDIA GPU and driver." if info.h264_nvenc else ""),
+        _row("ffprobe", OK if info.ffprobe else WARN, info.ffprobe or "not found",
+             "" if info.ffprobe else "Optional: probing falls back to the ffmpeg binary."),
+    ]
 
 
 def _renderer_checks() -> list[dict[str, str]]:
