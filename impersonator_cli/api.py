@@ -1,0 +1,183 @@
+"""The Python API: load the stages once, then imitate / swap / novel_view as often as needed.
+
+    from impersonator_cli.api import Impersonator
+    imp = Impersonator(weights_dir="weights", device="auto")
+    imp.imitate(["me.jpg"], "dance.mp4", "out.mp4")
+
+Nothing here prints, exits or parses argv; errors are the typed errors of `errors.py`; progress is
+reported through an optional callback `progress(done, total)` counted in frames.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from . import weights
+from .background import BackgroundSpec, parse_background
+from .body.model import BodyModel, load_body_model
+from .body.motion import load_motion
+from .devices import Runtime, resolve_runtime
+from .errors import InputError, OutputError, UsageError
+from .gan.load import load_generator, load_inpaintor
+from .imitate import ImitateOptions, JobResult, driver_motion, is_motion_file, write_imitation
+from .source import CROPS, PreparedSource, prepare_source
+from .compose import to_uint8_frames
+from .images import write_image
+from .novelview import render_views, view_angles
+from .swap import swap_image
+from .synth import LWBSynthesizer, WarpOnly
+from .video import VideoWriter
+
+PathLike = Union[str, Path]
+Progress = Callable[[int, Optional[int]], None]
+SIZES = (256, 512)
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class Impersonator:
+    """Loads the body model, generator and inpaintor once; every job reuses them.
+
+    generator: a registry name (default: the official iPER+DeepFashion+Places generator), a path to a
+    converted or official checkpoint, or "none" for the warp-only baseline (no GAN weights needed).
+    """
+
+    def __init__(self, weights_dir: PathLike | None = None, device: str = "auto", precision: str = "auto",
+                 generator: str = weights.DEFAULT_GENERATOR, size: int = 256, inpaint: bool = True) -> None:
+        if size not in SIZES:
+            raise UsageError(f"Unsupported output size {size}", hint="Use 256 (the trained size) or 512.")
+        self.weights_dir = Path(weights_dir) if weights_dir is not None else None
+        self.runtime: Runtime = resolve_runtime(device, precision)
+        self.size = size
+        self.body: BodyModel = load_body_model(self.weights_dir, self.runtime.device)
+        self.synth = self._load_synth(generator)
+        self.inpaintor = self._load_inpaintor() if inpaint else None
+
+    def _load_synth(self, generator: str):
+        if str(generator).lower() == "none":
+            return WarpOnly()
+        net = load_generator(generator, self.weights_dir, self.runtime.device)
+        return LWBSynthesizer(net, self.runtime)
+
+    def _load_inpaintor(self):
+        if weights.find("inpaintor_deepfillv2", self.weights_dir) is None:
+            return None  # backgrounds fall back to classical inpainting, with a warning in results
+        return load_inpaintor("inpaintor_deepfillv2", self.weights_dir, self.runtime.device)
+
+    # ------------------------------------------------------------------ sources
+
+    def prepare(self, source: PathLike, *, smpl: PathLike | None = None, crop: str = "person",
+                background: str | BackgroundSpec = "inpaint", bg_ks: int = 13, ft_ks: int = 3) -> PreparedSource:
+        """Per-source work (body, crop, maps, masks, background). `smpl`: a motion file with its SMPL."""
+        if crop not in CROPS:
+            raise UsageError(f"Unknown crop '{crop}'", hint=f"Use one of: {', '.join(CROPS)}.")
+        spec = parse_background(background) if isinstance(background, str) else background
+        theta = None if smpl is None else _single_theta(Path(smpl))
+        return prepare_source(self.body, _existing(source, "source image"), self.size, theta=theta, crop=crop,
+                              background=spec, inpaintor=self.inpaintor, bg_ks=bg_ks, ft_ks=ft_ks)
+
+    def _encode(self, sources: Sequence[PreparedSource]) -> list:
+        return [self.synth.encode(s.image, s.cond, s.masks.ft_mask) for s in sources]
+
+    # ------------------------------------------------------------------ jobs
+
+    def imitate(self, sources: Sequence[PathLike | PreparedSource], driver: PathLike, output: PathLike, *,
+                options: ImitateOptions = ImitateOptions(), overwrite: bool = False,
+                progress: Progress | None = None, **source_kw) -> JobResult:
+        """The source person(s) perform the driver's motion; writes a video at the driver's frame rate."""
+        output = _output_path(output, overwrite, VIDEO_SUFFIXES)
+        driver = _existing(driver, "driver")
+        prepared = [s if isinstance(s, PreparedSource) else self.prepare(s, **source_kw) for s in sources]
+        if not prepared:
+            raise UsageError("imitate needs at least one --source image")
+        motion = driver_motion(self.body, driver, options, None)
+        feats = self._encode(prepared)
+        result = write_imitation(self.body, self.synth, prepared, feats, driver, motion, output, self.size,
+                                 options, overwrite, progress)
+        result.warnings.extend(_notes(prepared))
+        if motion.missing:
+            result.warnings.append(f"{len(motion.missing)} driver frame(s) without a plausible person held the "
+                                   f"last good pose: {list(motion.missing)[:20]}")
+        return result
+
+    def swap(self, source: PathLike | PreparedSource, reference: PathLike | PreparedSource, output: PathLike, *,
+             parts: str | Sequence[str] = "body", front_warp: bool = False, overwrite: bool = False,
+             reference_smpl: PathLike | None = None, **source_kw) -> JobResult:
+        """The source person wearing the reference person's `parts`; writes one image."""
+        output = _output_path(output, overwrite, IMAGE_SUFFIXES)
+        src = source if isinstance(source, PreparedSource) else self.prepare(source, **source_kw)
+        ref_kw = {**source_kw, "smpl": reference_smpl}
+        ref = reference if isinstance(reference, PreparedSource) else self.prepare(reference, **ref_kw)
+        src_feats, ref_feats = self._encode([src, ref])
+        image = swap_image(self.body, self.synth, src, ref, src_feats, ref_feats, parts, front_warp)
+        write_image(output, to_uint8_frames(image)[0])
+        return JobResult(output=output, frames=1, fps=None, size=(self.size, self.size), warnings=_notes([src, ref]))
+
+    def novel_view(self, source: PathLike | PreparedSource, output: PathLike, *, frames: int = 90,
+                   yaw: Sequence[float] = (), pitch: Sequence[float] = (), tpose: bool = False,
+                   fps: float = 25, batch_size: int = 4, front_warp: bool = False, crf: int = 18,
+                   overwrite: bool = False, progress: Progress | None = None, **source_kw) -> JobResult:
+        """The source person from other viewpoints: an orbit video, or images at given yaw/pitch."""
+        output = _output_path(output, overwrite, VIDEO_SUFFIXES + IMAGE_SUFFIXES)
+        angles = view_angles(frames, yaw, pitch)
+        is_image = output.suffix.lower() in IMAGE_SUFFIXES
+        if is_image and len(angles) != 1:
+            raise UsageError(f"An image output holds one view, but {len(angles)} were asked for",
+                             hint="Give one --yaw/--pitch for an image, or write a video (.mp4).")
+        src = source if isinstance(source, PreparedSource) else self.prepare(source, **source_kw)
+        feats = self._encode([src])[0]
+        batches = render_views(self.body, self.synth, src, feats, angles, self.size, batch_size, tpose,
+                               use_front_warp=front_warp)
+        if is_image:
+            write_image(output, to_uint8_frames(next(batches))[0])
+        else:
+            _write_video(output, batches, Fraction(fps).limit_denominator(1001), crf, overwrite, len(angles), progress)
+        return JobResult(output=output, frames=len(angles), fps=None if is_image else Fraction(fps).limit_denominator(1001),
+                         size=(self.size, self.size), warnings=_notes([src]))
+
+
+def _write_video(output: Path, batches, fps: Fraction, crf: int, overwrite: bool, total: int,
+                 progress: Progress | None) -> None:
+    done = 0
+    with VideoWriter(output, fps, crf=crf, overwrite=overwrite) as writer:
+        for images in batches:
+            for frame in to_uint8_frames(images):
+                writer.write(frame)
+            done += images.shape[0]
+            if progress is not None:
+                progress(done, total)
+
+
+def _notes(sources: Sequence[PreparedSource]) -> list[str]:
+    return [f"background of {s.name}: {s.background_note}" for s in sources if "not found" in s.background_note]
+
+
+def _single_theta(path: Path) -> np.ndarray:
+    motion = load_motion(_existing(path, "source SMPL file"))
+    if motion.frame_count < 1:
+        raise InputError("The SMPL file holds no frame", path=path)
+    return motion.thetas[0].astype(np.float64)
+
+
+def _existing(path: PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"The {what} does not exist", path=path, hint="Check the path (quote paths with spaces).")
+    return path
+
+
+def _output_path(path: PathLike, overwrite: bool, suffixes: tuple[str, ...]) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"Cannot write '{path.name}': use one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise OutputError("The output path is a folder", path=path, hint="Give a file name, e.g. out.mp4.")
+    if path.exists() and not overwrite:
+        raise OutputError("The output already exists", path=path, hint="Pass --overwrite or choose another name.")
+    if not path.parent.exists():
+        raise OutputError("The output folder does not exist", path=path.parent, hint="Create it first.")
+    return path

@@ -1,0 +1,166 @@
+"""Motion imitation: the source person performs the driver's motion, streamed to an encoded video.
+
+Per source work happens once (source.py); the driver's motion comes from a motion file or is
+recovered once (body/motion.py); then batches of frames are rendered, synthesized and encoded while
+the next batch is computed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .body.camera import drive_cameras
+from .body.model import BodyModel
+from .body.motion import MotionData, extract_motion, load_motion
+from .body.smoothing import smooth_cameras, smooth_poses
+from .body.tracking import padded_frame_box, square_crop
+from .compose import synthesize, to_uint8_frames
+from .errors import UsageError
+from .images import resize_rgb
+from .render.body_view import view_body
+from .source import PreparedSource
+from .streaming import BackgroundWriter, prefetch
+from .video import VideoWriter, read_frames
+
+Progress = Callable[[int, Optional[int]], None]
+LAYOUTS = ("result", "side-by-side")
+
+
+@dataclass(frozen=True)
+class ImitateOptions:
+    """Driver-side settings of `imitate` (per-source settings live in the API call)."""
+
+    camera: str = "smooth"
+    smooth: float = 0.0
+    batch_size: int = 4
+    front_warp: bool = False
+    layout: str = "result"
+    start: float = 0.0
+    duration: Optional[float] = None
+    max_frames: Optional[int] = None
+    crf: int = 18
+    audio: bool = True
+    audio_file: Optional[Path] = None
+
+
+@dataclass
+class JobResult:
+    """What a job produced: paths, counts and timings (also the CLI's --json summary)."""
+
+    output: Path
+    frames: int
+    fps: Optional[Fraction]
+    size: tuple[int, int]
+    timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    missing_frames: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.output), "frames": self.frames,
+                "fps": None if self.fps is None else f"{self.fps.numerator}/{self.fps.denominator}",
+                "fps_float": None if self.fps is None else float(self.fps), "width": self.size[0],
+                "height": self.size[1], "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+                "warnings": list(self.warnings), "missing_frames": list(self.missing_frames)}
+
+
+def is_motion_file(path: Path) -> bool:
+    return path.name.lower().endswith(".npz")
+
+
+def driver_motion(body: BodyModel, driver: Path, options: ImitateOptions, progress: Progress | None) -> MotionData:
+    """The driver's motion: loaded from a motion file (sliced by start/duration/max_frames) or recovered."""
+    if is_motion_file(driver):
+        return _slice_motion(load_motion(driver), options)
+    return extract_motion(driver, body.hmr(), body.smpl, batch_size=max(1, options.batch_size),
+                          max_frames=options.max_frames, start=options.start, duration=options.duration,
+                          smooth_sigma=0.0, progress=progress)
+
+
+def _slice_motion(motion: MotionData, options: ImitateOptions) -> MotionData:
+    first = int(round(options.start * motion.fps))
+    last = motion.frame_count
+    if options.duration is not None:
+        last = min(last, first + int(round(options.duration * motion.fps)))
+    if options.max_frames is not None:
+        last = min(last, first + options.max_frames)
+    if first >= last:
+        raise UsageError(f"The motion file has {motion.frame_count} frames: nothing is left after --start/--duration")
+    keep = slice(first, last)
+    missing = tuple(i - first for i in motion.missing if first <= i < last)
+    return MotionData(cams=motion.cams[keep], poses=motion.poses[keep], shapes=motion.shapes[keep],
+                      boxes=motion.boxes[keep], fps=motion.fps, frame_size=motion.frame_size,
+                      content_hash=motion.content_hash, missing=missing, smooth_sigma=motion.smooth_sigma,
+                      start=motion.start + first / motion.fps, source_name=motion.source_name)
+
+
+def driving_bodies(src: PreparedSource, motion: MotionData, options: ImitateOptions) -> tuple[np.ndarray, np.ndarray]:
+    """(cams T x 3, poses T x 72) driving the source: optional smoothing, then the camera strategy."""
+    cams, poses = motion.cams.astype(np.float64), motion.poses.astype(np.float64)
+    if options.smooth > 0:
+        cams, poses = smooth_cameras(cams, options.smooth), smooth_poses(poses, options.smooth)
+    driven = drive_cameras(src.cam[0].double().cpu(), torch.from_numpy(cams), options.camera)
+    return driven.numpy(), poses
+
+
+def _driver_panels(driver: Path, motion: MotionData, options: ImitateOptions, size: int) -> Iterator[np.ndarray]:
+    """Driver frames letterboxed to squares of `size` (for the side-by-side layout)."""
+    frames = read_frames(driver, start=options.start, duration=options.duration, max_frames=motion.frame_count)
+    with frames:
+        for frame in frames:
+            box = padded_frame_box(frame.shape[1], frame.shape[0])
+            yield resize_rgb(square_crop(frame, box), (size, size))
+
+
+def render_imitation(body: BodyModel, synth, sources: Sequence[PreparedSource], feats: Sequence[object],
+                     cams: np.ndarray, poses: np.ndarray, size: int, options: ImitateOptions,
+                     emit: Callable[[list], None], progress: Progress | None = None) -> None:
+    """Render every driving body in batches and hand uint8 frames to `emit`."""
+    total, step = len(poses), max(1, options.batch_size)
+    device = body.device
+    shape = sources[0].shape
+    for start in range(0, total, step):
+        cam_b = torch.from_numpy(cams[start:start + step]).float().to(device)
+        pose_b = torch.from_numpy(poses[start:start + step]).float().to(device)
+        target = view_body(body.smpl, cam_b, pose_b, shape, size)
+        images = synthesize(body, synth, sources, feats, target, sources[0].background, options.front_warp)
+        emit(to_uint8_frames(images))
+        if progress is not None:
+            progress(min(start + step, total), total)
+
+
+def write_imitation(body: BodyModel, synth, sources: Sequence[PreparedSource], feats: Sequence[object],
+                    driver: Path, motion: MotionData, output: Path, size: int, options: ImitateOptions,
+                    overwrite: bool, progress: Progress | None = None) -> JobResult:
+    """Render and encode the whole imitation to `output` (atomic: no partial file on failure)."""
+    if options.layout not in LAYOUTS:
+        raise UsageError(f"Unknown layout '{options.layout}'", hint=f"Use one of: {', '.join(LAYOUTS)}.")
+    side = options.layout == "side-by-side"
+    if side and is_motion_file(driver):
+        raise UsageError("The side-by-side layout needs the driver's frames, but the driver is a motion file",
+                         hint="Pass the driver video instead, or use --layout result.")
+    cams, poses = driving_bodies(sources[0], motion, options)
+    audio_from = options.audio_file if options.audio_file else (driver if options.audio and not is_motion_file(driver) else None)
+    duration = motion.frame_count / motion.fps
+    audio_start = options.start if options.audio_file is None else 0.0
+    t0 = time.perf_counter()
+    writer = VideoWriter(output, motion.fps, crf=options.crf, audio_from=audio_from, audio_start=audio_start,
+                         audio_duration=float(duration), overwrite=overwrite)
+    panels = prefetch(_driver_panels(driver, motion, options, size)) if side else None
+    with writer, BackgroundWriter(lambda frames: [writer.write(f) for f in frames]) as queue:
+        def emit(frames: list) -> None:
+            if panels is not None:
+                frames = [np.concatenate([next(panels), f], axis=1) for f in frames]
+            queue.put(frames)
+
+        render_imitation(body, synth, sources, feats, cams, poses, size, options, emit, progress)
+    width = size * (2 if side else 1)
+    return JobResult(output=Path(output), frames=motion.frame_count, fps=motion.fps, size=(width, size),
+                     timings={"render_encode": time.perf_counter() - t0},
+                     missing_frames=list(motion.missing))

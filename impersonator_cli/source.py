@@ -1,0 +1,102 @@
+"""Per-source work, done once: the person-centred crop, its body, maps, masks and background.
+
+A source is a photo of a person. Its SMPL parameters come from HMR (two passes, person-centred, see
+body/tracking.py) or from a given motion file (one frame, the frame convention of body/motion.py).
+Everything downstream works in the square crop of side `size` around the person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .background import BackgroundSpec, from_uint8, make_background
+from .body.model import BodyModel
+from .body.tracking import (box_from_joints, cam_frame_norm_to_crop, hmr_theta_fn, padded_frame_box,
+                            square_crop, theta_joints, track_frames)
+from .errors import InputError
+from .flow import Masks, condition_masks
+from .images import read_image, resize_rgb
+from .render.body_view import BodyView, view_body
+
+CROPS = ("person", "full")
+
+
+@dataclass(frozen=True)
+class PreparedSource:
+    """One source person, ready for any job.
+
+    image:      1 x 3 x N x N  the square crop in [-1, 1]
+    theta:      1 x 85         (cam in crop coordinates, pose, shape)
+    view:       BodyView at N
+    cond:       1 x 3 x N x N  uv_seg condition map
+    masks:      Masks (bg / body / ft)
+    background: 1 x 3 x N x N
+    box:        (cx, cy, size) of the crop in source-frame pixels
+    """
+
+    name: str
+    image: Tensor
+    theta: Tensor
+    view: BodyView
+    cond: Tensor
+    masks: Masks
+    background: Tensor
+    background_note: str
+    box: np.ndarray
+    frame_size: tuple[int, int]
+
+    @property
+    def cam(self) -> Tensor:
+        return self.theta[:, :3]
+
+    @property
+    def pose(self) -> Tensor:
+        return self.theta[:, 3:75]
+
+    @property
+    def shape(self) -> Tensor:
+        return self.theta[:, 75:85]
+
+
+def frame_theta(body: BodyModel, rgb: np.ndarray, path: Path, batch_size: int = 1) -> np.ndarray:
+    """HMR (two-pass, person-centred) on one photo -> 85 theta in the frame convention."""
+    track = track_frames([rgb], hmr_theta_fn(body.hmr()), body.smpl, batch_size=batch_size, source=path)
+    return track.thetas[0]
+
+
+def person_box(body: BodyModel, theta_frame: np.ndarray, frame_size: tuple[int, int], crop: str) -> np.ndarray:
+    """Square crop box (cx, cy, size) in frame pixels: around the person's joints, or the whole frame."""
+    full = padded_frame_box(*frame_size)
+    if crop == "full":
+        return full
+    joints = theta_joints(body.smpl, torch.from_numpy(theta_frame[None]).float())
+    return box_from_joints(joints, full[None])[0]
+
+
+def prepare_source(body: BodyModel, path: str | Path, size: int, *, theta: np.ndarray | None = None,
+                   crop: str = "person", background: BackgroundSpec = BackgroundSpec(),
+                   inpaintor=None, bg_ks: int = 13, ft_ks: int = 3) -> PreparedSource:
+    """Read a source photo and do all per-source work except the generator's encoding."""
+    path = Path(path)
+    rgb = read_image(path)
+    frame_size = (rgb.shape[1], rgb.shape[0])
+    theta_frame = frame_theta(body, rgb, path) if theta is None else np.asarray(theta, np.float64)
+    if not np.isfinite(theta_frame).all() or theta_frame.shape != (85,):
+        raise InputError("The SMPL parameters given for the source are not a finite 85-vector", path=path)
+    box = person_box(body, theta_frame, frame_size, crop)
+    crop_rgb = resize_rgb(square_crop(rgb, box), (size, size))
+    device = body.device
+    cam = cam_frame_norm_to_crop(torch.from_numpy(theta_frame[None, :3]), box[None], frame_size).float()
+    theta_crop = torch.cat([cam, torch.from_numpy(theta_frame[None, 3:]).float()], 1).to(device)
+    view = view_body(body.smpl, theta_crop[:, :3], theta_crop[:, 3:75], theta_crop[:, 75:], size)
+    cond = body.maps.render_cond(view.raster.face_index)
+    masks = condition_masks(cond, bg_ks=bg_ks, ft_ks=ft_ks)
+    image = from_uint8(crop_rgb, device)
+    bg, note = make_background(background, image, masks.body_mask, inpaintor)
+    return PreparedSource(name=path.name, image=image, theta=theta_crop, view=view, cond=cond, masks=masks,
+                          background=bg, background_note=note, box=box, frame_size=frame_size)
