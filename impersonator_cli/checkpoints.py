@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Mapping
 import torch
 
 from impersonator_cli.errors import WeightsError
+from impersonator_cli.images import reserve_partial_path
 
 MODULE_PREFIX = "module."
 DROPPED_PREFIXES = {"face_sphere20a": ("fc6.",)}  # SphereFace classifier, not part of the loss network
@@ -179,8 +179,7 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def _atomic_write(dest: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    tmp = reserve_partial_path(dest)
     try:
         write(tmp)
         os.replace(tmp, dest)

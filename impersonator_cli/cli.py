@@ -55,8 +55,13 @@ def doctor(weights_dir: WeightsDirOpt = None, json_out: JsonOpt = False) -> None
 
 
 def _register_subapps() -> None:
+    from impersonator_cli import cli_jobs
+    from impersonator_cli.cli_motion import motion_app
     from impersonator_cli.weights_cli import weights_app
 
+    for command in (cli_jobs.imitate, cli_jobs.swap, cli_jobs.novelview, cli_jobs.demo):
+        app.command(rich_help_panel="Jobs")(command)
+    app.add_typer(motion_app, name="motion")
     app.add_typer(weights_app, name="weights")
 
 

@@ -161,3 +161,45 @@ def build_demo(folder: Path, size: int = 256, frames: int = 75) -> DemoFiles:
                      reference=folder / "reference.png",
                      reference_smpl=_one_frame_motion(folder / "reference.motion.npz", cam, ref_pose, size),
                      motion=save_motion(folder / "dance.motion.npz", motion, overwrite=True), driver=driver)
+
+
+RESULTS = ("imitate.mp4", "imitate-side-by-side.mp4", "swap.png", "novelview.mp4")
+
+
+def run_demo(folder: Path, frames: int = 75, device: str = "auto", overwrite: bool = False,
+             progress=None) -> dict:
+    """Build the demo inputs in `folder` and run the three jobs on them (warp-only generator)."""
+    from .api import Impersonator
+    from .errors import OutputError
+    from .imitate import ImitateOptions
+
+    folder = Path(folder)
+    existing = [name for name in RESULTS if (folder / name).exists()]
+    if existing and not overwrite:
+        raise OutputError(f"The demo folder already holds results ({', '.join(existing)})", path=folder,
+                          hint="Pass --overwrite or choose another --output-dir.")
+    files = build_demo(folder, frames=frames)
+    imp = Impersonator(weights_dir=files.weights_dir, device=device, generator="none")
+    src = imp.prepare(files.source, smpl=files.source_smpl, crop="full")
+    ref = imp.prepare(files.reference, smpl=files.reference_smpl, crop="full")
+    out = {}
+    opts = ImitateOptions(audio_file=files.driver)
+    out["imitate"] = imp.imitate([src], files.motion, folder / RESULTS[0], options=opts, overwrite=True,
+                                 progress=progress)
+    # The same motion from the driver video's own frames would need HMR weights; the side-by-side
+    # layout reads the driver's frames, so it uses the motion with the video as driver source.
+    out["imitate_side_by_side"] = _side_by_side(imp, src, files, folder / RESULTS[1], progress)
+    out["swap"] = imp.swap(src, ref, folder / RESULTS[2], parts="upper", overwrite=True)
+    out["novelview"] = imp.novel_view(src, folder / RESULTS[3], frames=frames, overwrite=True, progress=progress)
+    return out
+
+
+def _side_by_side(imp, src, files: DemoFiles, output: Path, progress):
+    from .body.motion import load_motion
+    from .imitate import ImitateOptions, write_imitation
+
+    motion = load_motion(files.motion)
+    feats = imp._encode([src])
+    options = ImitateOptions(layout="side-by-side")
+    return write_imitation(imp.body, imp.synth, [src], feats, files.driver, motion, output, imp.size, options,
+                           True, progress)

@@ -14,6 +14,7 @@ EnvironmentProblem with a fix, not an import-time crash of the whole CLI.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -262,7 +263,15 @@ def reserve_partial_path(path: PathArg) -> Path:
     except OSError as exc:
         raise OutputError("Cannot write in the output folder", path=folder, hint="Check permissions.") from exc
     os.close(fd)
+    os.chmod(name, _file_mode())  # mkstemp makes 0600 files; outputs get the usual umask-based mode
     return Path(name)
+
+
+@functools.lru_cache(maxsize=1)
+def _file_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _encode_params(cv2, ext: str, quality: int) -> list[int]:

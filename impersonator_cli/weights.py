@@ -293,10 +293,15 @@ def write_manifest(weights_dir: str | os.PathLike, manifest: dict) -> Path:
     """Write manifest.json atomically (temp file + rename in the same folder)."""
     path = Path(weights_dir) / MANIFEST_NAME
     manifest = {"format": MANIFEST_FORMAT, **manifest}
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    from impersonator_cli.images import reserve_partial_path
+
+    tmp = reserve_partial_path(path)
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

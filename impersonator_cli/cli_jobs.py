@@ -1,0 +1,187 @@
+"""CLI commands for the three jobs and the demo: parse, call the Python API, report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .options import DeviceOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, WeightsDirOpt
+
+err = Console(stderr=True, highlight=False)
+
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU).", rich_help_panel="Runtime")]
+GeneratorOpt = Annotated[str, typer.Option("--generator", help="Generator weights: a registry name, a file, or 'none' (warp-only, no GAN weights).", rich_help_panel="Model")]
+SizeOpt = Annotated[int, typer.Option("--size", help="Output size in pixels (square person-centred crop): 256 or 512.", rich_help_panel="Output")]
+BackgroundOpt = Annotated[str, typer.Option("--background", help="inpaint | source | black | white | gray | green | #RRGGBB.", rich_help_panel="Model")]
+FrontWarpOpt = Annotated[bool, typer.Option("--front-warp", help="Copy the warped source face onto the visible front face (official option).", rich_help_panel="Model")]
+CropOpt = Annotated[str, typer.Option("--crop", help="person: square crop around the person; full: the whole image padded to a square.", rich_help_panel="Model")]
+BgKsOpt = Annotated[int, typer.Option("--bg-ks", help="Dilation (px) of the body mask for background inpainting.", rich_help_panel="Model")]
+FtKsOpt = Annotated[int, typer.Option("--ft-ks", help="Dilation (px) of the source crop mask.", rich_help_panel="Model")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Frames per batch.", rich_help_panel="Runtime")]
+CrfOpt = Annotated[int, typer.Option("--crf", help="H.264 quality (0 best .. 51 worst).", rich_help_panel="Output")]
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, quiet: bool) -> Iterator:
+    """A frame-counting progress bar on stderr; yields the API's progress(done, total) callback."""
+    if quiet:
+        yield None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def report(result, json_out: bool, quiet: bool) -> None:
+    """Results on stdout (a path, or JSON); notes on stderr."""
+    if json_out:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.output)
+    if not quiet:
+        for warning in result.warnings:
+            err.print(f"[yellow]note:[/] {warning}", soft_wrap=True)
+
+
+def _impersonator(weights_dir, device, precision, generator, size):
+    from .api import Impersonator
+
+    return Impersonator(weights_dir=weights_dir, device=device, precision=precision, generator=generator, size=size)
+
+
+def imitate(
+    source: Annotated[List[Path], typer.Option("--source", "-s", help="Source photo (repeat for several views of one person, e.g. front and back).", show_default=False)],
+    driver: Annotated[Path, typer.Option("--driver", "-d", help="Driver: a video, a folder of frames, an image, or a .motion.npz file.", show_default=False)],
+    output: OutputOpt,
+    source_smpl: Annotated[Optional[List[Path]], typer.Option("--source-smpl", help="Known SMPL of each source (one-frame .motion.npz), instead of running HMR.", show_default=False)] = None,
+    size: SizeOpt = 256,
+    camera: Annotated[str, typer.Option("--camera", help="smooth (source framing + driver movement) | source | copy.", rich_help_panel="Model")] = "smooth",
+    smooth: Annotated[float, typer.Option("--smooth", help="Temporal smoothing of driver poses, in frames (0 = off, as the official).", rich_help_panel="Model")] = 0.0,
+    background: BackgroundOpt = "inpaint",
+    front_warp: FrontWarpOpt = False,
+    generator: GeneratorOpt = "generator_fashion_place",
+    crop: CropOpt = "person",
+    bg_ks: BgKsOpt = 13,
+    ft_ks: FtKsOpt = 3,
+    start: Annotated[float, typer.Option("--start", help="Start time in the driver (s).", rich_help_panel="Driver")] = 0.0,
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of the driver to use.", rich_help_panel="Driver")] = None,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="At most this many frames.", rich_help_panel="Driver")] = None,
+    layout: Annotated[str, typer.Option("--layout", help="result | side-by-side (driver on the left).", rich_help_panel="Output")] = "result",
+    audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Keep the driver's audio.", rich_help_panel="Output")] = True,
+    audio_file: Annotated[Optional[Path], typer.Option("--audio-file", help="Take the audio from this file instead (e.g. with a motion-file driver).", rich_help_panel="Output")] = None,
+    crf: CrfOpt = 18,
+    batch_size: BatchOpt = 4,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    weights_dir: WeightsDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Motion imitation: the person in the source photo performs the driver's motion."""
+    from .imitate import ImitateOptions
+    from .errors import UsageError
+
+    smpls = list(source_smpl or [])
+    if smpls and len(smpls) != len(source):
+        raise UsageError(f"{len(source)} --source but {len(smpls)} --source-smpl", hint="Give one --source-smpl per --source, or none.")
+    imp = _impersonator(weights_dir, device, precision, generator, size)
+    prepared = [imp.prepare(s, smpl=smpls[i] if smpls else None, crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
+                for i, s in enumerate(source)]
+    options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=front_warp, layout=layout,
+                             start=start, duration=duration, max_frames=max_frames, crf=crf, audio=audio, audio_file=audio_file)
+    with progress_bar("imitate", quiet) as progress:
+        result = imp.imitate(prepared, driver, output, options=options, overwrite=overwrite, progress=progress)
+    report(result, json_out, quiet)
+
+
+def swap(
+    source: Annotated[Path, typer.Option("--source", "-s", help="The person who keeps pose, face and background.", show_default=False)],
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="The person whose clothes (parts) are taken.", show_default=False)],
+    output: OutputOpt,
+    part: Annotated[str, typer.Option("--part", help="body | all | head | upper | lower | comma-separated part names.")] = "body",
+    source_smpl: Annotated[Optional[Path], typer.Option("--source-smpl", help="Known SMPL of the source (one-frame .motion.npz).")] = None,
+    reference_smpl: Annotated[Optional[Path], typer.Option("--reference-smpl", help="Known SMPL of the reference.")] = None,
+    size: SizeOpt = 256,
+    background: BackgroundOpt = "inpaint",
+    front_warp: FrontWarpOpt = False,
+    generator: GeneratorOpt = "generator_fashion_place",
+    crop: CropOpt = "person",
+    bg_ks: BgKsOpt = 13,
+    ft_ks: FtKsOpt = 3,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    weights_dir: WeightsDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Appearance transfer: the source person wearing the reference person's body parts (image out)."""
+    imp = _impersonator(weights_dir, device, precision, generator, size)
+    kw = dict(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
+    src = imp.prepare(source, smpl=source_smpl, **kw)
+    ref = imp.prepare(reference, smpl=reference_smpl, **kw)
+    result = imp.swap(src, ref, output, parts=part, front_warp=front_warp, overwrite=overwrite)
+    report(result, json_out, quiet)
+
+
+def novelview(
+    source: Annotated[Path, typer.Option("--source", "-s", help="Source photo.", show_default=False)],
+    output: OutputOpt,
+    frames: Annotated[int, typer.Option("--frames", help="Views in the orbit (video output).")] = 90,
+    yaw: Annotated[Optional[List[float]], typer.Option("--yaw", help="View yaw in degrees (repeat for several).")] = None,
+    pitch: Annotated[Optional[List[float]], typer.Option("--pitch", help="View pitch in degrees.")] = None,
+    tpose: Annotated[bool, typer.Option("--tpose", help="Show the person in a T-pose instead of their own pose.")] = False,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the orbit video.")] = 25.0,
+    source_smpl: Annotated[Optional[Path], typer.Option("--source-smpl", help="Known SMPL of the source (one-frame .motion.npz).")] = None,
+    size: SizeOpt = 256,
+    background: BackgroundOpt = "inpaint",
+    front_warp: FrontWarpOpt = False,
+    generator: GeneratorOpt = "generator_fashion_place",
+    crop: CropOpt = "person",
+    bg_ks: BgKsOpt = 13,
+    ft_ks: FtKsOpt = 3,
+    crf: CrfOpt = 18,
+    batch_size: BatchOpt = 4,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    weights_dir: WeightsDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Novel view synthesis: the source person seen from other angles (orbit video, or images at --yaw/--pitch)."""
+    imp = _impersonator(weights_dir, device, precision, generator, size)
+    src = imp.prepare(source, smpl=source_smpl, crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
+    with progress_bar("novelview", quiet) as progress:
+        result = imp.novel_view(src, output, frames=frames, yaw=yaw or (), pitch=pitch or (), tpose=tpose, fps=fps,
+                                batch_size=batch_size, front_warp=front_warp, crf=crf, overwrite=overwrite,
+                                progress=progress)
+    report(result, json_out, quiet)
+
+
+def demo(
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the demo inputs and results.")] = Path("impersonate-demo"),
+    frames: Annotated[int, typer.Option("--frames", help="Frames of the dance.")] = 75,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run imitate, swap and novelview on a generated mannequin: nothing to download."""
+    from .demo import run_demo
+
+    with progress_bar("demo", quiet) as progress:
+        results = run_demo(output_dir, frames=frames, device=device, overwrite=overwrite, progress=progress)
+    if json_out:
+        print(json.dumps({name: r.to_dict() for name, r in results.items()}, indent=2))
+    else:
+        for name, r in results.items():
+            print(f"{name}: {r.output}")

@@ -1,0 +1,52 @@
+"""`impersonate motion ...`: extract a driver's motion once, reuse it for many sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .cli_jobs import err, progress_bar
+from .options import DeviceOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, WeightsDirOpt
+
+motion_app = typer.Typer(help="Driver motion files: extract once, reuse for many sources.", no_args_is_help=True)
+
+
+@motion_app.command("extract")
+def extract(
+    driver: Annotated[Path, typer.Argument(help="Driver video, folder of frames, or image.", show_default=False)],
+    output: OutputOpt,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Frames per HMR batch.")] = 8,
+    start: Annotated[float, typer.Option("--start", help="Start time (s).")] = 0.0,
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds to extract.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="At most this many frames.")] = None,
+    smooth: Annotated[float, typer.Option("--smooth", help="Temporal smoothing in frames (0 = off, as the official).")] = 0.0,
+    device: DeviceOpt = "auto",
+    weights_dir: WeightsDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Recover the driver's per-frame body (HMR + SMPL, person-centred) into a .motion.npz file."""
+    from .body.model import load_body_model
+    from .body.motion import extract_motion, save_motion
+    from .devices import resolve_device
+    from .errors import InputError, OutputError
+
+    if output.exists() and not overwrite:
+        raise OutputError("The output already exists", path=output, hint="Pass --overwrite or choose another name.")
+    if not driver.exists():
+        raise InputError("The driver does not exist", path=driver, hint="Check the path (quote paths with spaces).")
+    body = load_body_model(weights_dir, resolve_device(device))
+    with progress_bar("motion", quiet) as progress:
+        motion = extract_motion(driver, body.hmr(), body.smpl, batch_size=batch_size, max_frames=max_frames,
+                                start=start, duration=duration, smooth_sigma=smooth, progress=progress)
+    path = save_motion(output, motion, overwrite=overwrite)
+    summary = {"output": str(path), "frames": motion.frame_count,
+               "fps": f"{motion.fps.numerator}/{motion.fps.denominator}", "missing_frames": list(motion.missing)}
+    print(json.dumps(summary, indent=2) if json_out else path)
+    if motion.missing and not quiet:
+        err.print(f"[yellow]note:[/] {len(motion.missing)} frame(s) without a plausible person hold the last good "
+                  f"pose: {list(motion.missing)[:20]}")
