@@ -215,3 +215,21 @@ def test_ctrl_c_leaves_no_output(world, tmp_path):
     assert proc.returncode == 130, stderr
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".long")]
+
+
+def test_example_batch_script(world, tmp_path):
+    f = world.files
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(f.source, photos / "a.png")
+    shutil.copy(f.reference, photos / "b.png")
+    (photos / "notes.txt").write_text("not a photo")
+    script = Path(__file__).resolve().parents[1] / "examples" / "batch_imitate.sh"
+    env = {**os.environ, "IMPERSONATE_WEIGHTS_DIR": str(f.weights_dir), "IMPERSONATE_DEVICE": "cpu",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run(["bash", script, f.driver, photos, tmp_path / "out", "--generator", "none",
+                          "--max-frames", "3"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    lines = (tmp_path / "out" / "summary.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all('"frames": 3' in line for line in lines)
+    assert probe(tmp_path / "out" / "a.mp4").frame_count == 3
