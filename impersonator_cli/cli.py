@@ -61,6 +61,7 @@ def _register_subapps() -> None:
 
     for command in (cli_jobs.imitate, cli_jobs.swap, cli_jobs.novelview, cli_jobs.demo):
         app.command(rich_help_panel="Jobs")(command)
+    app.command()(cli_jobs.bench)
     app.add_typer(motion_app, name="motion")
     app.add_typer(weights_app, name="weights")
 

@@ -185,3 +185,37 @@ def demo(
     else:
         for name, r in results.items():
             print(f"{name}: {r.output}")
+
+
+def bench(
+    size: Annotated[Optional[List[int]], typer.Option("--size", help="Sizes to time (repeatable).")] = None,
+    batch_size: BatchOpt = 4,
+    frames: Annotated[int, typer.Option("--frames", help="Frames of the end-to-end runs.")] = 16,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per stage (median).")] = 3,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Time each stage and the end-to-end frame rate with full-width random networks (no weights needed)."""
+    import torch
+    from rich.table import Table
+
+    from .bench import run_bench
+
+    rows = run_bench(sizes=tuple(size or (256, 512)), batch=batch_size, frames=frames, device=device,
+                     precision=precision, repeats=repeats)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    from .devices import resolve_runtime
+
+    runtime = resolve_runtime(device, precision)
+    table = Table(title=f"impersonate bench (batch {batch_size}, {runtime.device}, {runtime.precision}, "
+                        f"{torch.get_num_threads()} threads)")
+    for col in ("size", "stage", "ms / item", "frames / s"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for r in rows:
+        ms = f"{r['ms']:.1f}" if "ms" in r else ""
+        fps = f"{r['fps']:.2f}" if "fps" in r else f"{1000 / r['ms']:.1f}"
+        table.add_row(str(r["size"]), r["stage"], ms, fps)
+    Console().print(table)

@@ -1,0 +1,119 @@
+"""`impersonate bench`: time every stage and the end-to-end frame rate with full-width random networks.
+
+No weights are needed: the networks have the official architecture and random values (their speed
+does not depend on the values), and bodies are the mannequin's. Numbers are medians of a few runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .devices import resolve_runtime
+
+
+def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of `fn` after one warm-up call."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _stage_rows(size: int, batch: int, device: torch.device, dtype: torch.dtype, repeats: int) -> list[dict]:
+    from .body.hmr import HMR
+    from .demo import dance
+    from .flow import transformation_flow, warp
+    from .gan.generator import LiquidWarpingGenerator
+    from .gan.inpaintor import InpaintSANet
+    from .body.mannequin import mannequin_arrays, write_mannequin_assets
+    from .body.model import load_body_model
+    from .render.body_view import view_body
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_mannequin_assets(tmp)
+        body = load_body_model(tmp, device)
+    cams, poses = dance(batch)
+    cam = torch.from_numpy(cams).float().to(device)
+    pose = torch.from_numpy(poses).float().to(device)
+    shape = torch.zeros(1, 10, device=device)
+    src = view_body(body.smpl, cam[:1], pose[:1], shape, size)
+    tgt = view_body(body.smpl, cam, pose, shape, size)
+    image = torch.rand(1, 3, size, size, device=device) * 2 - 1
+    gen = LiquidWarpingGenerator(bg_stream=False).to(device).eval()
+    inp = InpaintSANet().to(device).eval()
+    hmr = HMR(mannequin_arrays()).to(device).eval()
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.no_grad())
+    T = transformation_flow(src.p2verts, tgt.raster)
+    src_in = torch.cat([image, body.maps.render_cond(src.raster.face_index)], 1)
+    tsf_in = torch.cat([warp(image.expand(batch, -1, -1, -1), T), body.maps.render_cond(tgt.raster.face_index)], 1)
+
+    with torch.no_grad(), autocast:
+        feats = gen.encode_source(src_in)
+        stages = {
+            "smpl (per frame)": (lambda: body.smpl(pose, shape.expand(batch, -1)), batch),
+            "rasterize (per frame)": (lambda: view_body(body.smpl, cam, pose, shape, size), batch),
+            "maps + flow + warp (per frame)": (lambda: (body.maps.render_cond(tgt.raster.face_index),
+                                                        warp(image.expand(batch, -1, -1, -1),
+                                                             transformation_flow(src.p2verts, tgt.raster))), batch),
+            "generator transfer (per frame)": (lambda: gen.transfer(feats, tsf_in, T), batch),
+            "generator encode source (once)": (lambda: gen.encode_source(src_in), 1),
+            "inpaintor (once per source)": (lambda: inp(image, torch.zeros_like(image[:, :1])), 1),
+            "hmr 224 (per crop)": (lambda: hmr(torch.rand(batch, 3, 224, 224, device=device)), batch),
+        }
+        rows = []
+        for name, (fn, per) in stages.items():
+            seconds = _time(fn, device, repeats)
+            rows.append({"size": size, "stage": name, "ms": 1000 * seconds / per})
+    return rows
+
+
+def _end_to_end(size: int, frames: int, batch: int, device: str, precision: str) -> dict:
+    """Imitation from a saved motion with a full-width random generator and the warp-only path."""
+    from .api import Impersonator
+    from .checkpoints import save_safetensors
+    from .demo import build_demo
+    from .gan.generator import LiquidWarpingGenerator
+    from .imitate import ImitateOptions
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = build_demo(Path(tmp), size=size, frames=frames)
+        gen_path = save_safetensors(LiquidWarpingGenerator().state_dict(), Path(tmp) / "gen.safetensors",
+                                    {"conv_dim": 64, "repeat_num": 6})
+        for label, generator in (("end-to-end, LWB generator", str(gen_path)), ("end-to-end, warp-only", "none")):
+            imp = Impersonator(weights_dir=files.weights_dir, device=device, precision=precision,
+                               generator=generator, size=size)
+            src = imp.prepare(files.source, smpl=files.source_smpl, crop="full")
+            t0 = time.perf_counter()
+            imp.imitate([src], files.motion, Path(tmp) / f"{generator == 'none'}.mp4",
+                        options=ImitateOptions(batch_size=batch), overwrite=True)
+            out[label] = frames / (time.perf_counter() - t0)
+    return out
+
+
+def run_bench(sizes=(256, 512), batch: int = 4, frames: int = 16, device: str = "auto",
+              precision: str = "auto", repeats: int = 3) -> list[dict]:
+    """Rows of {size, stage, ms} per stage and {size, stage, fps} end to end."""
+    runtime = resolve_runtime(device, precision)
+    rows = []
+    for size in sizes:
+        rows += _stage_rows(size, batch, runtime.device, runtime.dtype, repeats)
+        for label, fps in _end_to_end(size, frames, batch, str(runtime.device), runtime.precision).items():
+            rows.append({"size": size, "stage": label, "fps": fps})
+    return rows
