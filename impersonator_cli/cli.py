@@ -62,6 +62,11 @@ def _register_subapps() -> None:
     for command in (cli_jobs.imitate, cli_jobs.swap, cli_jobs.novelview, cli_jobs.demo):
         app.command(rich_help_panel="Jobs")(command)
     app.command()(cli_jobs.bench)
+    from impersonator_cli import cli_train
+
+    app.command(rich_help_panel="Training", add_help_option=False,
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(cli_train.train)
+    app.command(rich_help_panel="Training")(cli_train.evaluate)
     app.add_typer(motion_app, name="motion")
     app.add_typer(weights_app, name="weights")
 

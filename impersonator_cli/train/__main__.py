@@ -13,7 +13,8 @@ import os
 import sys
 
 from ..errors import ImpersonateError
-from .trainer import LossWeights, TrainConfig, train
+from .run import train
+from .trainer import LossWeights, TrainConfig
 
 
 def parser() -> argparse.ArgumentParser:
