@@ -10,11 +10,14 @@ reported through an optional callback `progress(done, total)` counted in frames.
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
 from . import weights
 from .background import BackgroundSpec, parse_background
@@ -23,7 +26,7 @@ from .body.motion import load_motion
 from .devices import Runtime, resolve_runtime
 from .errors import InputError, OutputError, UsageError
 from .gan.load import load_generator, load_inpaintor
-from .imitate import ImitateOptions, JobResult, driver_motion, is_motion_file, write_imitation
+from .imitate import ImitateOptions, JobResult, driver_motion, driving_bodies, write_imitation
 from .source import CROPS, PreparedSource, prepare_source
 from .compose import to_uint8_frames
 from .images import write_image
@@ -37,6 +40,17 @@ Progress = Callable[[int, Optional[int]], None]
 SIZES = (256, 512)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass(frozen=True)
+class PersonalizeOptions:
+    """The official post-tune (spec §5.2) within a budget: whichever of steps / seconds ends first
+    (neither: the official 5 epochs over the pairs). use_face: None = when SphereFace weights exist."""
+
+    steps: Optional[int] = None
+    seconds: Optional[float] = None
+    use_face: Optional[bool] = None
+    cache: bool = True
 
 
 class Impersonator:
@@ -80,6 +94,43 @@ class Impersonator:
         return prepare_source(self.body, _existing(source, "source image"), self.size, theta=theta, crop=crop,
                               background=spec, inpaintor=self.inpaintor, bg_ks=bg_ks, ft_ks=ft_ks)
 
+    def personalize(self, src: PreparedSource, options: PersonalizeOptions = PersonalizeOptions(),
+                    motion_cams: np.ndarray | None = None, motion_poses: np.ndarray | None = None,
+                    progress: Progress | None = None):
+        """Fine-tune the generator on one source, in place (see `tuned` to undo it after a job)."""
+        from . import personalize as post
+
+        if not isinstance(self.synth, LWBSynthesizer):
+            raise UsageError("Personalization fine-tunes the GAN generator; it does nothing with --generator none",
+                             hint="Drop --personalize, or use a generator.")
+        psrc = post.prepare_source(self.body.smpl, self.body.maps, src.image, src.background, src.cam, src.pose,
+                                   src.shape)
+        targets = None
+        if motion_poses is not None:
+            device = self.runtime.device
+            targets = post.targets_from_motion(torch.from_numpy(motion_cams).float().to(device),
+                                               torch.from_numpy(motion_poses).float().to(device), src.shape)
+        pairs = post.build_pairs(psrc, self.body.smpl, self.body.maps, targets)
+        budget = post.Budget(steps=options.steps, seconds=options.seconds)
+        generator = self.synth.generator
+        with torch.enable_grad():
+            report = post.personalize(generator, psrc, pairs, budget, use_face=options.use_face,
+                                      weights_dir=self.weights_dir, cache=options.cache, progress=progress)
+        generator.eval()
+        return report
+
+    @contextlib.contextmanager
+    def tuned(self):
+        """Restore the generator's weights when the block ends (a job's personalization stays in it)."""
+        if not isinstance(self.synth, LWBSynthesizer):
+            yield
+            return
+        saved = {k: v.detach().clone() for k, v in self.synth.generator.state_dict().items()}
+        try:
+            yield
+        finally:
+            self.synth.generator.load_state_dict(saved)
+
     def _encode(self, sources: Sequence[PreparedSource]) -> list:
         return [self.synth.encode(s.image, s.cond, s.masks.ft_mask) for s in sources]
 
@@ -87,7 +138,8 @@ class Impersonator:
 
     def imitate(self, sources: Sequence[PathLike | PreparedSource], driver: PathLike, output: PathLike, *,
                 options: ImitateOptions = ImitateOptions(), overwrite: bool = False,
-                progress: Progress | None = None, **source_kw) -> JobResult:
+                progress: Progress | None = None, personalize: PersonalizeOptions | None = None,
+                **source_kw) -> JobResult:
         """The source person(s) perform the driver's motion; writes a video at the driver's frame rate."""
         output = _output_path(output, overwrite, VIDEO_SUFFIXES)
         driver = _existing(driver, "driver")
@@ -95,10 +147,15 @@ class Impersonator:
         if not prepared:
             raise UsageError("imitate needs at least one --source image")
         motion = driver_motion(self.body, driver, options, None)
-        feats = self._encode(prepared)
-        result = write_imitation(self.body, self.synth, prepared, feats, driver, motion, output, self.size,
-                                 options, overwrite, progress)
-        result.warnings.extend(_notes(prepared))
+        notes = []
+        with self.tuned():
+            if personalize is not None:
+                cams, poses = driving_bodies(prepared[0], motion, options)
+                notes += _tuning_notes(self.personalize(prepared[0], personalize, cams, poses))
+            feats = self._encode(prepared)
+            result = write_imitation(self.body, self.synth, prepared, feats, driver, motion, output, self.size,
+                                     options, overwrite, progress)
+        result.warnings.extend(_notes(prepared) + notes)
         if motion.missing:
             result.warnings.append(f"{len(motion.missing)} driver frame(s) without a plausible person held the "
                                    f"last good pose: {list(motion.missing)[:20]}")
@@ -120,7 +177,8 @@ class Impersonator:
     def novel_view(self, source: PathLike | PreparedSource, output: PathLike, *, frames: int = 90,
                    yaw: Sequence[float] = (), pitch: Sequence[float] = (), tpose: bool = False,
                    fps: float = 25, batch_size: int = 4, front_warp: bool = False, crf: int = 18,
-                   overwrite: bool = False, progress: Progress | None = None, **source_kw) -> JobResult:
+                   overwrite: bool = False, progress: Progress | None = None,
+                   personalize: PersonalizeOptions | None = None, **source_kw) -> JobResult:
         """The source person from other viewpoints: an orbit video, or images at given yaw/pitch."""
         output = _output_path(output, overwrite, VIDEO_SUFFIXES + IMAGE_SUFFIXES)
         angles = view_angles(frames, yaw, pitch)
@@ -129,15 +187,21 @@ class Impersonator:
             raise UsageError(f"An image output holds one view, but {len(angles)} were asked for",
                              hint="Give one --yaw/--pitch for an image, or write a video (.mp4).")
         src = source if isinstance(source, PreparedSource) else self.prepare(source, **source_kw)
-        feats = self._encode([src])[0]
-        batches = render_views(self.body, self.synth, src, feats, angles, self.size, batch_size, tpose,
-                               use_front_warp=front_warp)
-        if is_image:
-            write_image(output, to_uint8_frames(next(batches))[0])
-        else:
-            _write_video(output, batches, Fraction(fps).limit_denominator(1001), crf, overwrite, len(angles), progress)
-        return JobResult(output=output, frames=len(angles), fps=None if is_image else Fraction(fps).limit_denominator(1001),
-                         size=(self.size, self.size), warnings=_notes([src]))
+        notes = []
+        with self.tuned():
+            if personalize is not None:
+                notes += _tuning_notes(self.personalize(src, personalize))
+            feats = self._encode([src])[0]
+            batches = render_views(self.body, self.synth, src, feats, angles, self.size, batch_size, tpose,
+                                   use_front_warp=front_warp)
+            if is_image:
+                write_image(output, to_uint8_frames(next(batches))[0])
+            else:
+                _write_video(output, batches, Fraction(fps).limit_denominator(1001), crf, overwrite, len(angles),
+                             progress)
+        rate = None if is_image else Fraction(fps).limit_denominator(1001)
+        return JobResult(output=output, frames=len(angles), fps=rate, size=(self.size, self.size),
+                         warnings=_notes([src]) + notes)
 
 
 def _write_video(output: Path, batches, fps: Fraction, crf: int, overwrite: bool, total: int,
@@ -150,6 +214,11 @@ def _write_video(output: Path, batches, fps: Fraction, crf: int, overwrite: bool
             done += images.shape[0]
             if progress is not None:
                 progress(done, total)
+
+
+def _tuning_notes(report) -> list[str]:
+    how = "reused from the cache" if report.cache_hit else f"{report.steps} steps in {report.seconds:.0f} s"
+    return [f"personalization: {how}", *report.notes]
 
 
 def _notes(sources: Sequence[PreparedSource]) -> list[str]:

@@ -24,6 +24,9 @@ CropOpt = Annotated[str, typer.Option("--crop", help="person: square crop around
 BgKsOpt = Annotated[int, typer.Option("--bg-ks", help="Dilation (px) of the body mask for background inpainting.", rich_help_panel="Model")]
 FtKsOpt = Annotated[int, typer.Option("--ft-ks", help="Dilation (px) of the source crop mask.", rich_help_panel="Model")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Frames per batch.", rich_help_panel="Runtime")]
+PersonalizeOpt = Annotated[bool, typer.Option("--personalize", help="Fine-tune the generator on the source first (the official post-tune; slow on a CPU). Cached per source.", rich_help_panel="Personalization")]
+TuneStepsOpt = Annotated[Optional[int], typer.Option("--personalize-steps", help="At most this many fine-tuning steps (default: the official 5 epochs over 8 pairs).", rich_help_panel="Personalization")]
+TuneSecondsOpt = Annotated[Optional[float], typer.Option("--personalize-seconds", help="At most this many seconds of fine-tuning.", rich_help_panel="Personalization")]
 CrfOpt = Annotated[int, typer.Option("--crf", help="H.264 quality (0 best .. 51 worst).", rich_help_panel="Output")]
 
 
@@ -48,6 +51,16 @@ def report(result, json_out: bool, quiet: bool) -> None:
     if not quiet:
         for warning in result.warnings:
             err.print(f"[yellow]note:[/] {warning}", soft_wrap=True)
+
+
+def _tuning(enabled: bool, steps, seconds):
+    from .api import PersonalizeOptions
+
+    if not enabled and (steps is not None or seconds is not None):
+        from .errors import UsageError
+
+        raise UsageError("--personalize-steps/--personalize-seconds need --personalize")
+    return PersonalizeOptions(steps=steps, seconds=seconds) if enabled else None
 
 
 def _impersonator(weights_dir, device, precision, generator, size):
@@ -78,6 +91,9 @@ def imitate(
     audio_file: Annotated[Optional[Path], typer.Option("--audio-file", help="Take the audio from this file instead (e.g. with a motion-file driver).", rich_help_panel="Output")] = None,
     crf: CrfOpt = 18,
     batch_size: BatchOpt = 4,
+    personalize: PersonalizeOpt = False,
+    personalize_steps: TuneStepsOpt = None,
+    personalize_seconds: TuneSecondsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     weights_dir: WeightsDirOpt = None,
@@ -92,13 +108,15 @@ def imitate(
     smpls = list(source_smpl or [])
     if smpls and len(smpls) != len(source):
         raise UsageError(f"{len(source)} --source but {len(smpls)} --source-smpl", hint="Give one --source-smpl per --source, or none.")
+    tuning = _tuning(personalize, personalize_steps, personalize_seconds)
     imp = _impersonator(weights_dir, device, precision, generator, size)
     prepared = [imp.prepare(s, smpl=smpls[i] if smpls else None, crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
                 for i, s in enumerate(source)]
     options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=front_warp, layout=layout,
                              start=start, duration=duration, max_frames=max_frames, crf=crf, audio=audio, audio_file=audio_file)
     with progress_bar("imitate", quiet) as progress:
-        result = imp.imitate(prepared, driver, output, options=options, overwrite=overwrite, progress=progress)
+        result = imp.imitate(prepared, driver, output, options=options, overwrite=overwrite, progress=progress,
+                             personalize=tuning)
     report(result, json_out, quiet)
 
 
@@ -150,6 +168,9 @@ def novelview(
     ft_ks: FtKsOpt = 3,
     crf: CrfOpt = 18,
     batch_size: BatchOpt = 4,
+    personalize: PersonalizeOpt = False,
+    personalize_steps: TuneStepsOpt = None,
+    personalize_seconds: TuneSecondsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     weights_dir: WeightsDirOpt = None,
@@ -158,12 +179,13 @@ def novelview(
     quiet: QuietOpt = False,
 ) -> None:
     """Novel view synthesis: the source person seen from other angles (orbit video, or images at --yaw/--pitch)."""
+    tuning = _tuning(personalize, personalize_steps, personalize_seconds)
     imp = _impersonator(weights_dir, device, precision, generator, size)
     src = imp.prepare(source, smpl=source_smpl, crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
     with progress_bar("novelview", quiet) as progress:
         result = imp.novel_view(src, output, frames=frames, yaw=yaw or (), pitch=pitch or (), tpose=tpose, fps=fps,
                                 batch_size=batch_size, front_warp=front_warp, crf=crf, overwrite=overwrite,
-                                progress=progress)
+                                progress=progress, personalize=tuning)
     report(result, json_out, quiet)
 
 

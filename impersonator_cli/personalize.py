@@ -28,7 +28,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -283,9 +283,14 @@ def post_tune_loss(generator: LiquidWarpingGenerator, source: PersonalizeSource,
     img, bg = source.image.expand(b, -1, -1, -1), source.background.expand(b, -1, -1, -1)
     cond_src, cond_tgt = source.cond.expand(b, -1, -1, -1), pairs.cond[idx]
     T, T_cyc = pairs.T[idx], pairs.T_cycle[idx]
-    out = generator.infer_front(_src_input(source, b), torch.cat([pairs.warped[idx], cond_tgt], 1), T)
-    fake_src = compose(out.color_src, out.attention_src, bg)
-    fake_tsf = compose(out.color_tsf, out.attention_tsf, bg)
+    # infer_front on B identical sources, with the source stream run once and broadcast: the same
+    # values and gradients (instance norm is per sample; expand sums the copies' gradients).
+    feats = generator.encode_source(_src_input(source, 1))
+    src, tsf = generator.decode_source(feats), generator.transfer(
+        feats, torch.cat([pairs.warped[idx], cond_tgt], 1), T)
+    A_src = src.attention.expand(b, -1, -1, -1)
+    fake_src = compose(src.color, src.attention, source.background).expand(b, -1, -1, -1)
+    fake_tsf = compose(tsf.color, tsf.attention, bg)
     # Official quirk, kept: the cycle's SID input is the fake target times the BACKGROUND indicator
     # of the target cond (not its body mask).
     cyc_src_in = torch.cat([fake_tsf * cond_tgt[:, 2:3], cond_tgt], dim=1)
@@ -305,7 +310,7 @@ def post_tune_loss(generator: LiquidWarpingGenerator, source: PersonalizeSource,
         face_term = (face(img, fake_cyc, source.j2d.expand(b, -1, -1))
                      + face(init_pred, fake_tsf, pairs.j2d[idx]))
     pseudo_src = (1.0 - source.masks.ft_mask).expand(b, -1, -1, -1)  # erode(bgInd_src, ft_ks)
-    mask = mask_loss(torch.cat([out.attention_src, out.attention_tsf]),
+    mask = mask_loss(torch.cat([A_src, tsf.attention]),
                      torch.cat([pseudo_src, pairs.pseudo[idx]]), bce=True)
     total = LAMBDA_CYCLE * cycle + LAMBDA_STRUCT * struct + LAMBDA_FACE * face_term + LAMBDA_MASK * mask
     terms = StepLosses(*(float(t.detach()) for t in (cycle, struct, face_term, mask, total)))
@@ -503,4 +508,4 @@ def personalize(generator: LiquidWarpingGenerator, source: PersonalizeSource, pa
     if key is not None:
         save_cached(key, generator, cache_dir, {"steps": report.steps, "losses": list(report.losses),
                                                 "seconds": report.seconds})
-    return PersonalizeReport(**{**report.__dict__, "cache_key": key, "notes": notes})
+    return replace(report, cache_key=key, notes=notes)

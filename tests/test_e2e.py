@@ -233,3 +233,23 @@ def test_example_batch_script(world, tmp_path):
     lines = (tmp_path / "out" / "summary.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all('"frames": 3' in line for line in lines)
     assert probe(tmp_path / "out" / "a.mp4").frame_count == 3
+
+
+def test_personalization_changes_the_result_and_is_cached(world, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("IMPERSONATE_CACHE_DIR", str(tmp_path / "cache"))
+    base = ["--generator", world.small_generator, "--max-frames", 2, "--json"]
+    plain = tmp_path / "plain.mp4"
+    assert cli(*imitate_args(world, plain, *base)).returncode == 0
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"tuned{i}.mp4"
+        res = cli(*imitate_args(world, out, *base, "--personalize", "--personalize-steps", 2))
+        assert res.returncode == 0, res.stderr
+        runs.append((frames_of(out), json.loads(res.stdout)["warnings"]))
+    assert any("2 steps" in w for w in runs[0][1]) and any("cache" in w for w in runs[1][1])
+    assert np.array_equal(runs[0][0], runs[1][0])  # the cached tuning gives the same video
+    assert np.abs(runs[0][0].astype(int) - frames_of(plain)).mean() > 0.5  # tuning changed the generator
+    bad = cli(*imitate_args(world, tmp_path / "x.mp4", "--generator", "none", "--personalize"))
+    assert bad.returncode == 2 and "generator" in bad.stderr
