@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .devices import resolve_runtime

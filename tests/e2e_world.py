@@ -8,11 +8,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from impersonator_cli.body.hmr import HMR

@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from impersonator_cli.body.mannequin import mannequin_arrays, mannequin_texture, mannequin_uv, write_mannequin_assets
-from impersonator_cli.body.smpl import SMPL
 from impersonator_cli.flow import identity_grid, transformation_flow, warp
 from impersonator_cli.render.body_view import view_body
-from impersonator_cli.render.maps import MeshMaps, load_mesh_assets
-from impersonator_cli.render.texture import face_corner_uv, render_texture
+from impersonator_cli.render.texture import render_texture
 
 N = 192
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("assets")
-    write_mannequin_assets(folder)
-    maps = MeshMaps.from_assets(load_mesh_assets(folder))
-    smpl = SMPL(mannequin_arrays())
-    vt, face_vt = mannequin_uv()
-    corner_uv = face_corner_uv(torch.from_numpy(vt).float(), torch.from_numpy(face_vt))
-    texture = torch.from_numpy(mannequin_texture(256)).permute(2, 0, 1).float() / 255
-    return smpl, maps, corner_uv, texture
+def scene(mannequin_kit):
+    return mannequin_kit
 
 
 def pose_vector(turn_deg=0.0, l_shoulder_deg=0.0, r_elbow_deg=0.0, l_knee_deg=0.0):

@@ -9,15 +9,12 @@ import pytest
 import torch
 
 from impersonator_cli import personalize as P
-from impersonator_cli.body.mannequin import mannequin_arrays, mannequin_texture, mannequin_uv, write_mannequin_assets
-from impersonator_cli.body.smpl import SMPL
 from impersonator_cli.errors import WeightsError
 from impersonator_cli.flow import identity_grid
 from impersonator_cli.gan.generator import LiquidWarpingGenerator, compose
 from impersonator_cli.gan.losses import FaceLoss, Sphere20a
 from impersonator_cli.render.body_view import view_body
-from impersonator_cli.render.maps import MeshMaps, load_mesh_assets
-from impersonator_cli.render.texture import face_corner_uv, render_texture
+from impersonator_cli.render.texture import render_texture
 
 N = 64
 CAM = torch.tensor([[0.9, 0.0, 0.25]])
@@ -25,14 +22,8 @@ UPRIGHT = torch.tensor([[math.pi, 0.0, 0.0]])  # pi about x: upright in the y-do
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("assets")
-    write_mannequin_assets(folder)
-    maps = MeshMaps.from_assets(load_mesh_assets(folder))
-    smpl = SMPL(mannequin_arrays())
-    vt, face_vt = mannequin_uv()
-    corner_uv = face_corner_uv(torch.from_numpy(vt).float(), torch.from_numpy(face_vt))
-    texture = torch.from_numpy(mannequin_texture(256)).permute(2, 0, 1).float() / 255
+def scene(mannequin_kit):
+    smpl, maps, corner_uv, texture = mannequin_kit
     pose = torch.zeros(1, 72)
     pose[:, :3] = UPRIGHT
     pose[0, 16 * 3 + 2] = math.radians(-60)  # left arm down
