@@ -22,22 +22,18 @@ the generator weights and the settings.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .body.smpl import SMPL
-from .checkpoints import save_safetensors
 from .errors import WeightsError
 from .flow import FT_KS, Masks, condition_masks, erode, transformation_flow, warp
 from .gan.generator import LiquidWarpingGenerator, compose
@@ -45,11 +41,11 @@ from .gan.losses import FaceLoss, l1, load_sphereface, mask_loss
 from .render.body_view import BodyView, view_body
 from .render.maps import MeshMaps
 from .render.rasterize import Raster
+from .personalize_cache import (ENV_CACHE_DIR, TUNED_PREFIXES, apply_cached, default_cache_dir,  # noqa: F401
+                                load_cached, module_fingerprint, personalization_cache_key, save_cached,
+                                tensor_digest)
 
-ENV_CACHE_DIR = "IMPERSONATE_CACHE_DIR"
-CACHE_VERSION = "impersonate-posttune/1"
 LAMBDA_CYCLE, LAMBDA_STRUCT, LAMBDA_FACE, LAMBDA_MASK = 10.0, 10.0, 1.0, 5.0
-TUNED_PREFIXES = ("src_model.", "tsf_model.")
 Progress = Callable[[int, "int | None", float], None]
 
 
@@ -393,33 +389,7 @@ def _tune(generator, source, pairs, budget, lr, betas, batch_size, face, progres
                              face_used=face is not None)
 
 
-# ------------------------------------------------------------------------------ cache
-
-
-def default_cache_dir() -> Path:
-    """$IMPERSONATE_CACHE_DIR/personalized, else ~/.cache/impersonate/personalized."""
-    root = os.environ.get(ENV_CACHE_DIR)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "impersonate"
-    return base / "personalized"
-
-
-def tensor_digest(*tensors: Tensor) -> str:
-    """sha256 over dtype, shape and bytes of each tensor (CPU copy)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def module_fingerprint(module: nn.Module) -> str:
-    """Identity of a network's weights: sha256 over its state dict (names, dtypes, bytes)."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor_digest(t).encode())
-    return h.hexdigest()
+# ------------------------------------------------------------------------------ cache key
 
 
 def source_digest(source: PersonalizeSource, pairs: PairSet) -> str:
@@ -427,47 +397,6 @@ def source_digest(source: PersonalizeSource, pairs: PairSet) -> str:
     return tensor_digest(source.image, source.background, source.cond, source.masks.ft_mask,
                          source.view.f2verts, source.j2d, pairs.T, pairs.T_cycle, pairs.warped,
                          pairs.cond, pairs.not_back, pairs.pseudo, pairs.j2d)
-
-
-def personalization_cache_key(source_hash: str, generator_id: str, settings: dict) -> str:
-    """sha256 of (format version, source content hash, generator weights identity, settings)."""
-    text = json.dumps({"v": CACHE_VERSION, "source": source_hash, "generator": generator_id,
-                       "settings": settings}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def save_cached(key: str, generator: nn.Module, cache_dir: str | os.PathLike | None = None,
-                meta: dict | None = None) -> Path:
-    """Atomically write the tuned streams (``src_model.*``, ``tsf_model.*``) as
-    ``<key>.safetensors`` + ``<key>.json``; the BG stream is never tuned, so it is not stored."""
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.cpu() for k, v in generator.state_dict().items() if k.startswith(TUNED_PREFIXES)}
-    return save_safetensors(sd, folder / key, {"kind": "personalized-generator", "key": key,
-                                                **(meta or {})})
-
-
-def load_cached(key: str, cache_dir: str | os.PathLike | None = None
-                ) -> tuple[dict[str, Tensor], dict] | None:
-    """(state dict of the tuned streams, metadata) for `key`, or None (absent or unreadable)."""
-    from safetensors.torch import load_file
-
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    st, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
-    if not (st.is_file() and meta.is_file()):
-        return None
-    try:
-        return load_file(str(st)), json.loads(meta.read_text(encoding="utf-8"))
-    except Exception:  # noqa: BLE001 - a damaged cache entry is a miss, it gets rewritten
-        return None
-
-
-def _apply_cached(generator: nn.Module, sd: dict[str, Tensor]) -> bool:
-    expected = {k for k in generator.state_dict() if k.startswith(TUNED_PREFIXES)}
-    if set(sd) != expected:
-        return False
-    generator.load_state_dict(sd, strict=False)
-    return True
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -499,7 +428,7 @@ def personalize(generator: LiquidWarpingGenerator, source: PersonalizeSource, pa
                                         generator_id or module_fingerprint(generator), settings)
         t0 = time.perf_counter()
         hit = load_cached(key, cache_dir)
-        if hit is not None and _apply_cached(generator, hit[0]):
+        if hit is not None and apply_cached(generator, hit[0]):
             meta = hit[1]
             return PersonalizeReport(steps=int(meta.get("steps", 0)), seconds=time.perf_counter() - t0,
                                      losses=tuple(meta.get("losses", ())), cache_hit=True,
