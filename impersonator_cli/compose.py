@@ -19,12 +19,13 @@ from .synth import front_warp, warp_sources
 
 
 def source_flows(sources: Sequence[PreparedSource], target: BodyView) -> list[Tensor]:
-    """One flow per source (B x N x N x 2). With several sources each target pixel is served by a
-    source that sees its surface point; points no source sees come from the first source."""
+    """One flow per source (B x N x N x 2). With several sources each target pixel is served by the
+    first source that sees its surface point (rule 'first': coherent regions, no per-face flicker
+    between sources); points no source sees come from the first source."""
     if len(sources) == 1:
         return [transformation_flow(sources[0].view.p2verts, target.raster)]
     msf = multi_source_flows([s.view.p2verts for s in sources], [s.view.raster for s in sources],
-                             target.raster)
+                             target.raster, rule="first")
     flows = list(msf.flows)
     fallback = transformation_flow(sources[0].view.p2verts, target.raster)
     flows[0] = torch.where(msf.uncovered.permute(0, 2, 3, 1) > 0, fallback, flows[0])
