@@ -61,13 +61,14 @@ class Impersonator:
     """
 
     def __init__(self, weights_dir: PathLike | None = None, device: str = "auto", precision: str = "auto",
-                 generator: str = weights.DEFAULT_GENERATOR, size: int = 256, inpaint: bool = True) -> None:
+                 generator: str = weights.DEFAULT_GENERATOR, size: int = 256, inpaint: bool = True,
+                 renderer: str = "auto") -> None:
         if size not in SIZES:
             raise UsageError(f"Unsupported output size {size}", hint="Use 256 (the trained size) or 512.")
         self.weights_dir = Path(weights_dir) if weights_dir is not None else None
         self.runtime: Runtime = resolve_runtime(device, precision)
         self.size = size
-        self.body: BodyModel = load_body_model(self.weights_dir, self.runtime.device)
+        self.body: BodyModel = load_body_model(self.weights_dir, self.runtime.device, renderer)
         self.synth = self._load_synth(generator)
         self.inpaintor = self._load_inpaintor() if inpaint else None
 

@@ -27,6 +27,7 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", help="Frames per batch.",
 PersonalizeOpt = Annotated[bool, typer.Option("--personalize", help="Fine-tune the generator on the source first (the official post-tune; slow on a CPU). Cached per source.", rich_help_panel="Personalization")]
 TuneStepsOpt = Annotated[Optional[int], typer.Option("--personalize-steps", help="At most this many fine-tuning steps (default: the official 5 epochs over 8 pairs).", rich_help_panel="Personalization")]
 TuneSecondsOpt = Annotated[Optional[float], typer.Option("--personalize-seconds", help="At most this many seconds of fine-tuning.", rich_help_panel="Personalization")]
+RendererOpt = Annotated[str, typer.Option("--renderer", help="auto | torch | nmr (the official neural_renderer, CUDA only; auto uses it when installed).", rich_help_panel="Runtime")]
 CrfOpt = Annotated[int, typer.Option("--crf", help="H.264 quality (0 best .. 51 worst).", rich_help_panel="Output")]
 
 
@@ -63,10 +64,11 @@ def _tuning(enabled: bool, steps, seconds):
     return PersonalizeOptions(steps=steps, seconds=seconds) if enabled else None
 
 
-def _impersonator(weights_dir, device, precision, generator, size):
+def _impersonator(weights_dir, device, precision, generator, size, renderer="auto"):
     from .api import Impersonator
 
-    return Impersonator(weights_dir=weights_dir, device=device, precision=precision, generator=generator, size=size)
+    return Impersonator(weights_dir=weights_dir, device=device, precision=precision, generator=generator, size=size,
+                        renderer=renderer)
 
 
 def imitate(
@@ -96,6 +98,7 @@ def imitate(
     personalize_seconds: TuneSecondsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    renderer: RendererOpt = "auto",
     weights_dir: WeightsDirOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -109,7 +112,7 @@ def imitate(
     if smpls and len(smpls) != len(source):
         raise UsageError(f"{len(source)} --source but {len(smpls)} --source-smpl", hint="Give one --source-smpl per --source, or none.")
     tuning = _tuning(personalize, personalize_steps, personalize_seconds)
-    imp = _impersonator(weights_dir, device, precision, generator, size)
+    imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
     prepared = [imp.prepare(s, smpl=smpls[i] if smpls else None, crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
                 for i, s in enumerate(source)]
     options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=front_warp, layout=layout,
@@ -136,13 +139,14 @@ def swap(
     ft_ks: FtKsOpt = 3,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    renderer: RendererOpt = "auto",
     weights_dir: WeightsDirOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Appearance transfer: the source person wearing the reference person's body parts (image out)."""
-    imp = _impersonator(weights_dir, device, precision, generator, size)
+    imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
     kw = dict(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
     src = imp.prepare(source, smpl=source_smpl, **kw)
     ref = imp.prepare(reference, smpl=reference_smpl, **kw)
@@ -173,6 +177,7 @@ def novelview(
     personalize_seconds: TuneSecondsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    renderer: RendererOpt = "auto",
     weights_dir: WeightsDirOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -180,7 +185,7 @@ def novelview(
 ) -> None:
     """Novel view synthesis: the source person seen from other angles (orbit video, or images at --yaw/--pitch)."""
     tuning = _tuning(personalize, personalize_steps, personalize_seconds)
-    imp = _impersonator(weights_dir, device, precision, generator, size)
+    imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
     src = imp.prepare(source, smpl=source_smpl, crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
     with progress_bar("novelview", quiet) as progress:
         result = imp.novel_view(src, output, frames=frames, yaw=yaw or (), pitch=pitch or (), tpose=tpose, fps=fps,

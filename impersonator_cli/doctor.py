@@ -101,10 +101,11 @@ def _ffmpeg_checks() -> list[dict[str, str]]:
 
 def _renderer_checks() -> list[dict[str, str]]:
     rows = [_row("torch rasterizer", OK, "built in (CPU and CUDA)")]
-    try:
-        importlib.import_module("neural_renderer")
-        rows.append(_row("neural_renderer", OK, "importable (optional --renderer nmr)"))
-    except Exception:  # noqa: BLE001
+    from impersonator_cli.render.backends import nmr_available
+
+    if nmr_available():
+        rows.append(_row("neural_renderer", OK, "official face-index kernel importable (--renderer nmr, CUDA)"))
+    else:
         rows.append(_row("neural_renderer", WARN, "not installed (optional)", "Only needed for --renderer nmr."))
     return rows
 

@@ -128,7 +128,7 @@ def render_imitation(body: BodyModel, synth, sources: Sequence[PreparedSource], 
     for start in range(0, total, step):
         cam_b = torch.from_numpy(cams[start:start + step]).float().to(device)
         pose_b = torch.from_numpy(poses[start:start + step]).float().to(device)
-        target = view_body(body.smpl, cam_b, pose_b, shape, size)
+        target = view_body(body.smpl, cam_b, pose_b, shape, size, body.rasterizer)
         images = synthesize(body, synth, sources, feats, target, sources[0].background, options.front_warp)
         emit(to_uint8_frames(images))
         if progress is not None:

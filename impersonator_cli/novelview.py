@@ -48,7 +48,7 @@ def rotated_views(body: BodyModel, src: PreparedSource, vertices: Tensor, angles
     rots = torch.stack([euler_to_matrix(*map(float, a)) for a in angles]).to(vertices)
     verts = rotate_vertices(vertices.expand(len(angles), -1, -1), rots)
     cam = src.cam.expand(len(angles), -1)
-    return view_vertices(verts, cam, body.faces, size)
+    return view_vertices(verts, cam, body.faces, size, body.rasterizer)
 
 
 def render_views(body: BodyModel, synth, src: PreparedSource, feats, angles: np.ndarray, size: int,

@@ -93,7 +93,8 @@ def prepare_source(body: BodyModel, path: str | Path, size: int, *, theta: np.nd
     device = body.device
     cam = cam_frame_norm_to_crop(torch.from_numpy(theta_frame[None, :3]), box[None], frame_size).float()
     theta_crop = torch.cat([cam, torch.from_numpy(theta_frame[None, 3:]).float()], 1).to(device)
-    view = view_body(body.smpl, theta_crop[:, :3], theta_crop[:, 3:75], theta_crop[:, 75:], size)
+    view = view_body(body.smpl, theta_crop[:, :3], theta_crop[:, 3:75], theta_crop[:, 75:], size,
+                     body.rasterizer)
     cond = body.maps.render_cond(view.raster.face_index)
     masks = condition_masks(cond, bg_ks=bg_ks, ft_ks=ft_ks)
     image = from_uint8(crop_rgb, device)

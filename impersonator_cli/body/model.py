@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch
 from .. import weights
 from ..errors import WeightsError
 from ..render.maps import MeshMaps, load_mesh_assets
+from ..render.rasterize import rasterize
 from .hmr import HMR, load_hmr, smpl_arrays_from_hmr
 from .smpl import SMPL
 from .smpl_pickle import load_smpl_file
@@ -32,6 +34,7 @@ class BodyModel:
     maps: MeshMaps
     device: torch.device
     weights_dir: Path | None = None
+    rasterizer: Callable = rasterize
     _hmr: HMR | None = field(default=None, repr=False)
 
     @property
@@ -87,8 +90,12 @@ def _read_faces(path: Path, expected_shape: tuple[int, ...]) -> np.ndarray:
     return faces.astype(np.int64)
 
 
-def load_body_model(weights_dir: str | Path | None = None, device: torch.device | str = "cpu") -> BodyModel:
-    """SMPL (from the HMR buffers or smpl_model.pkl) + maps from the mesh assets, in eval mode on `device`."""
+def load_body_model(weights_dir: str | Path | None = None, device: torch.device | str = "cpu",
+                    renderer: str = "torch") -> BodyModel:
+    """SMPL (from the HMR buffers or smpl_model.pkl) + maps from the mesh assets, in eval mode on `device`;
+    renderer: auto | torch | nmr (render/backends.py)."""
+    from ..render.backends import select_rasterizer
+
     wd = Path(weights_dir) if weights_dir is not None else None
     folder = _asset_folder(wd)
     assets = load_mesh_assets(folder)
@@ -96,4 +103,5 @@ def load_body_model(weights_dir: str | Path | None = None, device: torch.device 
     device = torch.device(device)
     smpl = SMPL(arrays).to(device).eval()
     maps = MeshMaps.from_assets(assets).to(device)
-    return BodyModel(smpl=smpl, maps=maps, device=device, weights_dir=wd)
+    return BodyModel(smpl=smpl, maps=maps, device=device, weights_dir=wd,
+                     rasterizer=select_rasterizer(renderer, device))

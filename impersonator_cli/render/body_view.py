@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -40,16 +41,18 @@ def project_faces(vertices: Tensor, cam: Tensor, faces: Tensor) -> Tensor:
     return face_vertices(camera.project(vertices, cam), faces)
 
 
-def view_vertices(vertices: Tensor, cam: Tensor, faces: Tensor, size: int) -> BodyView:
+def view_vertices(vertices: Tensor, cam: Tensor, faces: Tensor, size: int,
+                  rasterizer: Callable[[Tensor, int], Raster] = rasterize) -> BodyView:
     """Project and rasterize already posed vertices (novel views rotate them first)."""
     f2verts = project_faces(vertices, cam, faces)
-    return BodyView(vertices=vertices, f2verts=f2verts, raster=rasterize(f2verts, size))
+    return BodyView(vertices=vertices, f2verts=f2verts, raster=rasterizer(f2verts, size))
 
 
-def view_body(smpl: SMPL, cam: Tensor, pose: Tensor, shape: Tensor, size: int) -> BodyView:
+def view_body(smpl: SMPL, cam: Tensor, pose: Tensor, shape: Tensor, size: int,
+              rasterizer: Callable[[Tensor, int], Raster] = rasterize) -> BodyView:
     """cam: B x 3, pose: B x 72, shape: B x 10 (or 1 x 10, broadcast)  ->  BodyView at N = size."""
     if shape.shape[0] != pose.shape[0]:
         shape = shape.expand(pose.shape[0], -1)
     with torch.no_grad():
         vertices = smpl(pose, shape).vertices
-    return view_vertices(vertices, cam.to(vertices), smpl.faces, size)
+    return view_vertices(vertices, cam.to(vertices), smpl.faces, size, rasterizer)
