@@ -253,3 +253,25 @@ def test_personalization_changes_the_result_and_is_cached(world, tmp_path, monke
     assert np.abs(runs[0][0].astype(int) - frames_of(plain)).mean() > 0.5  # tuning changed the generator
     bad = cli(*imitate_args(world, tmp_path / "x.mp4", "--generator", "none", "--personalize"))
     assert bad.returncode == 2 and "generator" in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["rotated", "vfr", "odd-size"])
+def test_odd_drivers_work(world, tmp_path, kind):
+    import media
+
+    driver = tmp_path / f"{kind}.mp4"
+    if kind == "rotated":
+        media.make_clip(driver, size=(64, 48), frames=5, rotation=90)  # a phone clip: 48x64 upright
+    elif kind == "vfr":
+        media.make_vfr_clip(driver, frames=33)
+    else:
+        media.make_clip(driver, size=(65, 49), frames=5, pix_fmt="yuv444p")
+    info = probe(driver)
+    with read_frames(driver) as frames:
+        expected = sum(1 for _ in frames)
+    out = tmp_path / "out.mp4"
+    res = cli(*imitate_args(world, out, "--generator", "none", "--layout", "side-by-side", driver=driver))
+    assert res.returncode == 0, res.stderr
+    result = probe(out)
+    assert result.frame_count == expected and result.fps == info.fps
+    assert (result.width, result.height) == (512, 256) and result.has_audio == info.has_audio
