@@ -27,13 +27,13 @@ from .devices import Runtime, resolve_runtime
 from .errors import InputError, OutputError, UsageError
 from .gan.load import load_generator, load_inpaintor
 from .imitate import ImitateOptions, JobResult, driver_motion, driving_bodies, write_imitation
-from .source import CROPS, PreparedSource, prepare_source
+from .source import CROPS, PreparedSource, prepare_rgb, prepare_source
 from .compose import to_uint8_frames
-from .images import write_image
+from .images import is_video_path, write_image
 from .novelview import render_views, view_angles
 from .swap import swap_image
 from .synth import LWBSynthesizer, WarpOnly
-from .video import VideoWriter
+from .video import VideoWriter, read_frames
 
 PathLike = Union[str, Path]
 Progress = Callable[[int, Optional[int]], None]
@@ -164,8 +164,14 @@ class Impersonator:
 
     def swap(self, source: PathLike | PreparedSource, reference: PathLike | PreparedSource, output: PathLike, *,
              parts: str | Sequence[str] = "body", front_warp: bool = False, overwrite: bool = False,
-             reference_smpl: PathLike | None = None, **source_kw) -> JobResult:
-        """The source person wearing the reference person's `parts`; writes one image."""
+             reference_smpl: PathLike | None = None, progress: Progress | None = None,
+             **source_kw) -> JobResult:
+        """The source person wearing the reference person's `parts`: one image, or a video when the
+        source is a video (its frame rate and audio kept)."""
+        if not isinstance(source, PreparedSource) and is_video_path(source):
+            return self._swap_video(_existing(source, "source video"), reference, output, parts=parts,
+                                    front_warp=front_warp, overwrite=overwrite, reference_smpl=reference_smpl,
+                                    progress=progress, **source_kw)
         output = _output_path(output, overwrite, IMAGE_SUFFIXES)
         src = source if isinstance(source, PreparedSource) else self.prepare(source, **source_kw)
         ref_kw = {**source_kw, "smpl": reference_smpl}
@@ -174,6 +180,30 @@ class Impersonator:
         image = swap_image(self.body, self.synth, src, ref, src_feats, ref_feats, parts, front_warp)
         write_image(output, to_uint8_frames(image)[0])
         return JobResult(output=output, frames=1, fps=None, size=(self.size, self.size), warnings=_notes([src, ref]))
+
+    def _swap_video(self, source: Path, reference, output: PathLike, *, parts, front_warp: bool, overwrite: bool,
+                    reference_smpl, progress: Progress | None, **source_kw) -> JobResult:
+        """Swap on every frame of a source video: bodies by HMR tracking, the whole (letterboxed) frame."""
+        output = _output_path(output, overwrite, VIDEO_SUFFIXES)
+        kw = {k: v for k, v in source_kw.items() if k != "smpl"}
+        ref = reference if isinstance(reference, PreparedSource) else self.prepare(reference, smpl=reference_smpl, **kw)
+        motion = driver_motion(self.body, source, ImitateOptions(), None)
+        ref_feats = self._encode([ref])[0]
+        spec = parse_background(kw.get("background", "inpaint"))
+        done = 0
+        with VideoWriter(output, motion.fps, audio_from=source, audio_duration=float(motion.frame_count / motion.fps),
+                         overwrite=overwrite) as writer, read_frames(source, max_frames=motion.frame_count) as frames:
+            for rgb, theta in zip(frames, motion.thetas.astype(np.float64)):
+                src = prepare_rgb(self.body, rgb, source, self.size, theta=theta, crop="full", background=spec,
+                                  inpaintor=self.inpaintor, bg_ks=kw.get("bg_ks", 13), ft_ks=kw.get("ft_ks", 3))
+                image = swap_image(self.body, self.synth, src, ref, self._encode([src])[0], ref_feats, parts,
+                                   front_warp)
+                writer.write(to_uint8_frames(image)[0])
+                done += 1
+                if progress is not None:
+                    progress(done, motion.frame_count)
+        return JobResult(output=output, frames=done, fps=motion.fps, size=(self.size, self.size),
+                         warnings=_notes([ref]), missing_frames=list(motion.missing))
 
     def novel_view(self, source: PathLike | PreparedSource, output: PathLike, *, frames: int = 90,
                    yaw: Sequence[float] = (), pitch: Sequence[float] = (), tpose: bool = False,

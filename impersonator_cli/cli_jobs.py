@@ -124,7 +124,7 @@ def imitate(
 
 
 def swap(
-    source: Annotated[Path, typer.Option("--source", "-s", help="The person who keeps pose, face and background.", show_default=False)],
+    source: Annotated[Path, typer.Option("--source", "-s", help="The person who keeps pose, face and background (a photo, or a video).", show_default=False)],
     reference: Annotated[Path, typer.Option("--reference", "-r", help="The person whose clothes (parts) are taken.", show_default=False)],
     output: OutputOpt,
     part: Annotated[str, typer.Option("--part", help="body | all | head | upper | lower | comma-separated part names.")] = "body",
@@ -145,12 +145,20 @@ def swap(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Appearance transfer: the source person wearing the reference person's body parts (image out)."""
+    """Appearance transfer: the source person wearing the reference person's body parts (image out; video out
+    when the source is a video)."""
+    from .images import is_video_path
+
     imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
     kw = dict(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
-    src = imp.prepare(source, smpl=source_smpl, **kw)
     ref = imp.prepare(reference, smpl=reference_smpl, **kw)
-    result = imp.swap(src, ref, output, parts=part, front_warp=front_warp, overwrite=overwrite)
+    if is_video_path(source):  # a video source gives a video (frame rate and audio kept)
+        with progress_bar("swap", quiet) as progress:
+            result = imp.swap(source, ref, output, parts=part, front_warp=front_warp, overwrite=overwrite,
+                              progress=progress, **kw)
+    else:
+        src = imp.prepare(source, smpl=source_smpl, **kw)
+        result = imp.swap(src, ref, output, parts=part, front_warp=front_warp, overwrite=overwrite)
     report(result, json_out, quiet)
 
 

@@ -20,7 +20,7 @@ from .body.tracking import (box_from_joints, cam_frame_norm_to_crop, hmr_theta_f
                             square_crop, theta_joints, track_frames)
 from .errors import InputError
 from .flow import Masks, condition_masks
-from .images import read_image, resize_rgb
+from .images import is_video_path, read_image, resize_rgb
 from .render.body_view import BodyView, view_body
 
 CROPS = ("person", "full")
@@ -83,7 +83,17 @@ def prepare_source(body: BodyModel, path: str | Path, size: int, *, theta: np.nd
                    inpaintor=None, bg_ks: int = 13, ft_ks: int = 3) -> PreparedSource:
     """Read a source photo and do all per-source work except the generator's encoding."""
     path = Path(path)
-    rgb = read_image(path)
+    if is_video_path(path):
+        raise InputError("The source must be a photo, but this is a video", path=path,
+                         hint="Give an image (JPEG/PNG/WebP); `swap` also accepts a video source.")
+    return prepare_rgb(body, read_image(path), path, size, theta=theta, crop=crop, background=background,
+                       inpaintor=inpaintor, bg_ks=bg_ks, ft_ks=ft_ks)
+
+
+def prepare_rgb(body: BodyModel, rgb: np.ndarray, path: Path, size: int, *, theta: np.ndarray | None = None,
+                crop: str = "person", background: BackgroundSpec = BackgroundSpec(),
+                inpaintor=None, bg_ks: int = 13, ft_ks: int = 3) -> PreparedSource:
+    """All per-source work on an RGB image (H x W x 3 uint8) named by `path`."""
     frame_size = (rgb.shape[1], rgb.shape[0])
     theta_frame = frame_theta(body, rgb, path) if theta is None else np.asarray(theta, np.float64)
     if not np.isfinite(theta_frame).all() or theta_frame.shape != (85,):

@@ -288,7 +288,8 @@ class VideoWriter:
             raise UsageError(f"crf must be in 0..51, got {crf}.")
         self.crf, self.codec, self.preset = crf, codec, preset
         self.audio_from = Path(audio_from) if audio_from is not None and has_audio(audio_from) else None
-        self.audio_start, self.audio_duration = audio_start, audio_duration
+        self.audio_start = float(audio_start)
+        self.audio_duration = None if audio_duration is None else float(audio_duration)
         self.frames_written = 0
         self._child: Optional[_Child] = None
         self._tmp: Optional[Path] = None

@@ -182,8 +182,8 @@ def test_bad_inputs_fail_cleanly(world, tmp_path):
     cases = {
         "missing source": (imitate_args(world, out, "--generator", "none")[:1] + ["-s", tmp_path / "nope.png"]
                            + imitate_args(world, out, "--generator", "none")[3:], 3),
-        "video as source": (["swap", "-s", f.driver, "-r", f.reference, "-o", tmp_path / "s.png", "--weights-dir",
-                             f.weights_dir, "--generator", "none", "--device", "cpu"], 3),
+        "video as imitate source": (["imitate", "-s", f.driver, "-d", f.motion, "-o", out, "--weights-dir",
+                                     f.weights_dir, "--generator", "none", "--device", "cpu"], 3),
         "missing generator weights": (imitate_args(world, out), 4),
         "unwritable output": (imitate_args(world, tmp_path / "no such dir" / "o.mp4", "--generator", "none"), 5),
     }
@@ -275,3 +275,16 @@ def test_odd_drivers_work(world, tmp_path, kind):
     result = probe(out)
     assert result.frame_count == expected and result.fps == info.fps
     assert (result.width, result.height) == (512, 256) and result.has_audio == info.has_audio
+
+
+def test_swap_with_a_video_source_writes_a_video(world, tmp_path):
+    f = world.files
+    out = tmp_path / "swapped.mp4"
+    res = cli("swap", "-s", f.driver, "-r", f.reference, "--reference-smpl", f.reference_smpl, "--part", "upper",
+              "-o", out, "--weights-dir", f.weights_dir, "--crop", "full", "--generator", "none", "--device", "cpu",
+              "-q")
+    assert res.returncode == 0, res.stderr
+    info, src = probe(out), probe(f.driver)
+    assert info.frame_count == src.frame_count and info.fps == src.fps and info.has_audio
+    frames, original = frames_of(out), frames_of(f.driver)
+    assert np.abs(frames.astype(int) - original).mean() > 2  # clothes changed on every frame
