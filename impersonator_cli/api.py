@@ -116,7 +116,8 @@ class Impersonator:
         generator = self.synth.generator
         with torch.enable_grad():
             report = post.personalize(generator, psrc, pairs, budget, use_face=options.use_face,
-                                      weights_dir=self.weights_dir, cache=options.cache, progress=progress)
+                                      weights_dir=self.weights_dir, cache=options.cache,
+                                      progress=None if progress is None else lambda done, total, *_: progress(done, total))
         generator.eval()
         return report
 

@@ -288,3 +288,20 @@ def test_swap_with_a_video_source_writes_a_video(world, tmp_path):
     assert info.frame_count == src.frame_count and info.fps == src.fps and info.has_audio
     frames, original = frames_of(out), frames_of(f.driver)
     assert np.abs(frames.astype(int) - original).mean() > 2  # clothes changed on every frame
+
+
+def test_demo_command_writes_viewable_results(tmp_path):
+    out = tmp_path / "demo"
+    res = cli("demo", "-o", out, "--frames", 6, "--device", "cpu", "--json", "-q")
+    assert res.returncode == 0, res.stderr
+    import json
+
+    summary = json.loads(res.stdout)
+    assert set(summary) == {"imitate", "imitate_side_by_side", "swap", "novelview"}
+    assert probe(out / "imitate.mp4").frame_count == 6 and probe(out / "imitate.mp4").has_audio
+    assert probe(out / "imitate-side-by-side.mp4").width == 512
+    assert probe(out / "novelview.mp4").frame_count == 6
+    swap = read_image(out / "swap.png")
+    assert swap.shape == (256, 256, 3) and swap.std() > 10
+    again = cli("demo", "-o", out, "--frames", 6, "--device", "cpu", "-q")
+    assert again.returncode == 5  # results exist: --overwrite required
