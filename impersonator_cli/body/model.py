@@ -50,6 +50,12 @@ class BodyModel:
 
 def _asset_folder(weights_dir: Path | None) -> Path:
     """The folder holding the mesh assets (all five must sit together, as in the release)."""
+    missing = [weights.get(name).local_name for name in ASSET_NAMES if weights.find(name, weights_dir) is None]
+    if len(missing) > 1:
+        raise WeightsError(
+            f"The mesh assets {', '.join(missing)} were not found (looked in {_where(weights_dir)})",
+            hint="Import the official release: `impersonate weights import pretrains.zip` "
+                 "(or pass --weights-dir / set IMPERSONATE_WEIGHTS_DIR); `impersonate weights list` shows what is there.")
     paths = [weights.resolve(name, weights_dir) for name in ASSET_NAMES]
     folders = {p.parent for p in paths}
     if len(folders) != 1:
@@ -58,6 +64,10 @@ def _asset_folder(weights_dir: Path | None) -> Path:
             f"were found in different folders: {', '.join(sorted(map(str, folders)))}",
             hint="Keep them together in one weights folder (`impersonate weights import pretrains.zip`).")
     return folders.pop()
+
+
+def _where(weights_dir: Path | None) -> str:
+    return ", ".join(str(p) for p in weights.search_dirs(weights_dir)) or "no folder"
 
 
 def _smpl_arrays(weights_dir: Path | None, faces: np.ndarray):
