@@ -89,6 +89,7 @@ def imitate(
     duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of the driver to use.", rich_help_panel="Driver")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="At most this many frames.", rich_help_panel="Driver")] = None,
     layout: Annotated[str, typer.Option("--layout", help="result | side-by-side (driver on the left).", rich_help_panel="Output")] = "result",
+    frame: Annotated[str, typer.Option("--frame", help="crop: the square person crop at --size; source: pasted back into the (first) source photo at its own size.", rich_help_panel="Output")] = "crop",
     audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Keep the driver's audio.", rich_help_panel="Output")] = True,
     audio_file: Annotated[Optional[Path], typer.Option("--audio-file", help="Take the audio from this file instead (e.g. with a motion-file driver).", rich_help_panel="Output")] = None,
     crf: CrfOpt = 18,
@@ -115,7 +116,7 @@ def imitate(
     imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
     prepared = [imp.prepare(s, smpl=smpls[i] if smpls else None, crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
                 for i, s in enumerate(source)]
-    options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=front_warp, layout=layout,
+    options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=front_warp, layout=layout, frame=frame,
                              start=start, duration=duration, max_frames=max_frames, crf=crf, audio=audio, audio_file=audio_file)
     with progress_bar("imitate", quiet) as progress:
         result = imp.imitate(prepared, driver, output, options=options, overwrite=overwrite, progress=progress,

@@ -25,12 +25,13 @@ from .compose import synthesize, to_uint8_frames
 from .errors import UsageError
 from .images import resize_rgb
 from .render.body_view import view_body
-from .source import PreparedSource
+from .source import PreparedSource, paste_back
 from .streaming import BackgroundWriter, prefetch
 from .video import VideoWriter, read_frames
 
 Progress = Callable[[int, Optional[int]], None]
 LAYOUTS = ("result", "side-by-side")
+FRAMES = ("crop", "source")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ImitateOptions:
     batch_size: int = 4
     front_warp: bool = False
     layout: str = "result"
+    frame: str = "crop"  # crop: the square person crop at `size`; source: pasted back into the source photo
     start: float = 0.0
     duration: Optional[float] = None
     max_frames: Optional[int] = None
@@ -141,7 +143,12 @@ def write_imitation(body: BodyModel, synth, sources: Sequence[PreparedSource], f
     """Render and encode the whole imitation to `output` (atomic: no partial file on failure)."""
     if options.layout not in LAYOUTS:
         raise UsageError(f"Unknown layout '{options.layout}'", hint=f"Use one of: {', '.join(LAYOUTS)}.")
+    if options.frame not in FRAMES:
+        raise UsageError(f"Unknown output frame '{options.frame}'", hint=f"Use one of: {', '.join(FRAMES)}.")
     side = options.layout == "side-by-side"
+    src = sources[0]
+    in_photo = options.frame == "source"
+    out_w, out_h = src.frame_size if in_photo else (size, size)
     if side and is_motion_file(driver):
         raise UsageError("The side-by-side layout needs the driver's frames, but the driver is a motion file",
                          hint="Pass the driver video instead, or use --layout result.")
@@ -152,15 +159,17 @@ def write_imitation(body: BodyModel, synth, sources: Sequence[PreparedSource], f
     t0 = time.perf_counter()
     writer = VideoWriter(output, motion.fps, crf=options.crf, audio_from=audio_from, audio_start=audio_start,
                          audio_duration=float(duration), overwrite=overwrite)
-    panels = prefetch(_driver_panels(driver, motion, options, size)) if side else None
+    panels = prefetch(_driver_panels(driver, motion, options, out_h)) if side else None
     with writer, BackgroundWriter(lambda frames: [writer.write(f) for f in frames]) as queue:
         def emit(frames: list) -> None:
+            if in_photo:
+                frames = [paste_back(src.frame, f, src.box) for f in frames]
             if panels is not None:
                 frames = [np.concatenate([next(panels), f], axis=1) for f in frames]
             queue.put(frames)
 
         render_imitation(body, synth, sources, feats, cams, poses, size, options, emit, progress)
-    width = size * (2 if side else 1)
-    return JobResult(output=Path(output), frames=motion.frame_count, fps=motion.fps, size=(width, size),
+    return JobResult(output=Path(output), frames=motion.frame_count, fps=motion.fps,
+                     size=(out_w + (out_h if side else 0), out_h),
                      timings={"render_encode": time.perf_counter() - t0},
                      missing_frames=list(motion.missing))

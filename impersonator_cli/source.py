@@ -16,8 +16,8 @@ from torch import Tensor
 
 from .background import BackgroundSpec, from_uint8, make_background
 from .body.model import BodyModel
-from .body.tracking import (box_from_joints, cam_frame_norm_to_crop, hmr_theta_fn, padded_frame_box,
-                            square_crop, theta_joints, track_frames)
+from .body.tracking import (box_corner, box_from_joints, cam_frame_norm_to_crop, hmr_theta_fn, padded_frame_box,
+                            snap_box, square_crop, theta_joints, track_frames)
 from .errors import InputError
 from .flow import Masks, condition_masks
 from .images import is_video_path, read_image, resize_rgb
@@ -49,6 +49,7 @@ class PreparedSource:
     background_note: str
     box: np.ndarray
     frame_size: tuple[int, int]
+    frame: np.ndarray | None = None  # the original photo (H x W x 3 uint8), for pasting results back
 
     @property
     def cam(self) -> Tensor:
@@ -98,7 +99,7 @@ def prepare_rgb(body: BodyModel, rgb: np.ndarray, path: Path, size: int, *, thet
     theta_frame = frame_theta(body, rgb, path) if theta is None else np.asarray(theta, np.float64)
     if not np.isfinite(theta_frame).all() or theta_frame.shape != (85,):
         raise InputError("The SMPL parameters given for the source are not a finite 85-vector", path=path)
-    box = person_box(body, theta_frame, frame_size, crop)
+    box = snap_box(person_box(body, theta_frame, frame_size, crop))  # the exact pixels cropped
     crop_rgb = resize_rgb(square_crop(rgb, box), (size, size))
     device = body.device
     cam = cam_frame_norm_to_crop(torch.from_numpy(theta_frame[None, :3]), box[None], frame_size).float()
@@ -110,4 +111,26 @@ def prepare_rgb(body: BodyModel, rgb: np.ndarray, path: Path, size: int, *, thet
     image = from_uint8(crop_rgb, device)
     bg, note = make_background(background, image, masks.body_mask, inpaintor)
     return PreparedSource(name=path.name, image=image, theta=theta_crop, view=view, cond=cond, masks=masks,
-                          background=bg, background_note=note, box=box, frame_size=frame_size)
+                          background=bg, background_note=note, box=box, frame_size=frame_size, frame=rgb)
+
+
+def paste_back(frame: np.ndarray, crop: np.ndarray, box: np.ndarray, feather: float = 0.03) -> np.ndarray:
+    """Place a square result back into the photo it was cut from, without stretching.
+
+    frame: H x W x 3 uint8, crop: N x N x 3 uint8 (resized to the box side), box: (cx, cy, S) as cropped.
+    The edges are blended over `feather` x S pixels so the box leaves no seam.
+    """
+    x0, y0, size = (int(v) for v in box_corner(snap_box(box)))
+    patch = resize_rgb(crop, (size, size)).astype(np.float32)
+    ramp = np.clip((np.arange(size) + 0.5) / max(1.0, feather * size), 0, 1)
+    edge = np.minimum(ramp, ramp[::-1])
+    alpha = np.minimum(edge[:, None], edge[None, :])[..., None]
+    h, w = frame.shape[:2]
+    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + size, w), min(y0 + size, h)
+    out = frame.copy()
+    if fx1 <= fx0 or fy1 <= fy0:
+        return out
+    region = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
+    mixed = alpha[region] * patch[region] + (1 - alpha[region]) * frame[fy0:fy1, fx0:fx1]
+    out[fy0:fy1, fx0:fx1] = np.round(mixed).astype(np.uint8)
+    return out

@@ -305,3 +305,39 @@ def test_demo_command_writes_viewable_results(tmp_path):
     assert swap.shape == (256, 256, 3) and swap.std() > 10
     again = cli("demo", "-o", out, "--frames", 6, "--device", "cpu", "-q")
     assert again.returncode == 5  # results exist: --overwrite required
+
+
+def test_frame_source_pastes_the_result_back_into_the_photo(world, tmp_path):
+    f = world.files
+    photo = read_image(f.source)
+    wide = np.concatenate([photo[:, :40][:, ::-1], photo, photo[:, -60:][:, ::-1]], axis=1)  # 356 x 256
+    path = tmp_path / "wide.png"
+    write_image(path, wide)
+    out = tmp_path / "placed.mp4"
+    res = cli("imitate", "-s", path, "-d", f.motion, "-o", out, "--weights-dir", f.weights_dir, "--generator", "none",
+              "--frame", "source", "--max-frames", 3, "--device", "cpu", "-q")
+    assert res.returncode == 0, res.stderr
+    info = probe(out)
+    assert (info.width, info.height) == (356, 256) and info.frame_count == 3
+
+
+def test_paste_back_inverts_the_crop_and_keeps_the_rest():
+    from impersonator_cli.body.tracking import snap_box, square_crop
+    from impersonator_cli.images import resize_rgb
+    from impersonator_cli.source import paste_back
+
+    rng = np.random.default_rng(0)
+    frame = (rng.random((90, 120, 3)) * 255).astype(np.uint8)
+    frame = np.clip(frame.astype(int) // 8 * 8, 0, 255).astype(np.uint8)
+    box = snap_box(np.array([50.0, 40.0, 64.0]))
+    crop = resize_rgb(square_crop(frame, box), (64, 64))  # same size: an exact crop
+    placed = paste_back(frame, crop, box)
+    assert np.array_equal(placed, frame)  # putting the crop back changes nothing
+    marked = paste_back(frame, np.zeros_like(crop), box)
+    x0, y0 = 50 - 32, 40 - 32
+    outside = np.ones(frame.shape[:2], bool)
+    outside[y0:y0 + 64, x0:x0 + 64] = False
+    assert np.array_equal(marked[outside], frame[outside])  # nothing outside the box moves
+    assert marked[y0 + 8:y0 + 56, x0 + 8:x0 + 56].max() == 0  # the inside is the result
+    edge = marked[y0 + 32, x0].astype(int)
+    assert 0 < edge.sum() < frame[y0 + 32, x0].astype(int).sum()  # feathered border
