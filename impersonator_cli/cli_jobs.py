@@ -91,7 +91,7 @@ def imitate(
     layout: Annotated[str, typer.Option("--layout", help="result | side-by-side (driver on the left).", rich_help_panel="Output")] = "result",
     frame: Annotated[str, typer.Option("--frame", help="crop: the square person crop at --size; source: pasted back into the (first) source photo at its own size.", rich_help_panel="Output")] = "crop",
     audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Keep the driver's audio.", rich_help_panel="Output")] = True,
-    audio_file: Annotated[Optional[Path], typer.Option("--audio-file", help="Take the audio from this file instead (e.g. with a motion-file driver).", rich_help_panel="Output")] = None,
+    audio_file: Annotated[Optional[Path], typer.Option("--audio-file", help="Take the audio from this file instead (e.g. the driver video with a motion-file driver), from the same start time as the motion.", rich_help_panel="Output")] = None,
     crf: CrfOpt = 18,
     batch_size: BatchOpt = 4,
     personalize: PersonalizeOpt = False,

@@ -155,7 +155,7 @@ def write_imitation(body: BodyModel, synth, sources: Sequence[PreparedSource], f
     cams, poses = driving_bodies(sources[0], motion, options)
     audio_from = options.audio_file if options.audio_file else (driver if options.audio and not is_motion_file(driver) else None)
     duration = motion.frame_count / motion.fps
-    audio_start = options.start if options.audio_file is None else 0.0
+    audio_start = motion.start  # the driver's timeline: also right for an --audio-file of the driver
     t0 = time.perf_counter()
     writer = VideoWriter(output, motion.fps, crf=options.crf, audio_from=audio_from, audio_start=audio_start,
                          audio_duration=float(duration), overwrite=overwrite)
