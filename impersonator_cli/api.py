@@ -166,21 +166,51 @@ class Impersonator:
     def swap(self, source: PathLike | PreparedSource, reference: PathLike | PreparedSource, output: PathLike, *,
              parts: str | Sequence[str] = "body", front_warp: bool = False, overwrite: bool = False,
              reference_smpl: PathLike | None = None, progress: Progress | None = None,
-             **source_kw) -> JobResult:
+             personalize: PersonalizeOptions | None = None, **source_kw) -> JobResult:
         """The source person wearing the reference person's `parts`: one image, or a video when the
-        source is a video (its frame rate and audio kept)."""
+        source is a video (its frame rate and audio kept). `personalize`: the official swap post-tune
+        on the (source, reference) pair first (spec §5.3; photo sources only, the video path ignores it)."""
         if not isinstance(source, PreparedSource) and is_video_path(source):
-            return self._swap_video(_existing(source, "source video"), reference, output, parts=parts,
-                                    front_warp=front_warp, overwrite=overwrite, reference_smpl=reference_smpl,
-                                    progress=progress, **source_kw)
+            result = self._swap_video(_existing(source, "source video"), reference, output, parts=parts,
+                                      front_warp=front_warp, overwrite=overwrite, reference_smpl=reference_smpl,
+                                      progress=progress, **source_kw)
+            if personalize is not None:
+                result.warnings.append("personalization skipped: it is done for a source photo, not a video")
+            return result
         output = _output_path(output, overwrite, IMAGE_SUFFIXES)
         src = source if isinstance(source, PreparedSource) else self.prepare(source, **source_kw)
         ref_kw = {**source_kw, "smpl": reference_smpl}
         ref = reference if isinstance(reference, PreparedSource) else self.prepare(reference, **ref_kw)
-        src_feats, ref_feats = self._encode([src, ref])
-        image = swap_image(self.body, self.synth, src, ref, src_feats, ref_feats, parts, front_warp)
+        notes = []
+        with self.tuned():
+            if personalize is not None:
+                notes += _tuning_notes(self._personalize_swap(src, ref, personalize, front_warp, progress))
+            src_feats, ref_feats = self._encode([src, ref])
+            image = swap_image(self.body, self.synth, src, ref, src_feats, ref_feats, parts, front_warp)
         write_image(output, to_uint8_frames(image)[0])
-        return JobResult(output=output, frames=1, fps=None, size=(self.size, self.size), warnings=_notes([src, ref]))
+        return JobResult(output=output, frames=1, fps=None, size=(self.size, self.size),
+                         warnings=_notes([src, ref]) + notes)
+
+    def _personalize_swap(self, src: PreparedSource, ref: PreparedSource, options: PersonalizeOptions,
+                          front_warp: bool, progress: Progress | None):
+        """Fine-tune the generator on the (source, reference) pair, in place (spec §5.3)."""
+        from . import personalize as post
+        from . import personalize_swap as post_swap
+
+        if not isinstance(self.synth, LWBSynthesizer):
+            raise UsageError("Personalization fine-tunes the GAN generator; it does nothing with --generator none",
+                             hint="Drop --personalize, or use a generator.")
+        people = [post.prepare_source(self.body.smpl, self.body.maps, p.image, p.background, p.cam, p.pose, p.shape)
+                  for p in (src, ref)]
+        pair = post_swap.build_swap_pair(people[0], people[1], self.body.maps)
+        generator = self.synth.generator
+        with torch.enable_grad():
+            report = post_swap.personalize_swap(
+                generator, pair, post.Budget(steps=options.steps, seconds=options.seconds), use_face=options.use_face,
+                front_warp=front_warp, weights_dir=self.weights_dir, cache=options.cache,
+                progress=None if progress is None else lambda done, total, *_: progress(done, total))
+        generator.eval()
+        return report
 
     def _swap_video(self, source: Path, reference, output: PathLike, *, parts, front_warp: bool, overwrite: bool,
                     reference_smpl, progress: Progress | None, **source_kw) -> JobResult:

@@ -25,7 +25,7 @@ BgKsOpt = Annotated[int, typer.Option("--bg-ks", help="Dilation (px) of the body
 FtKsOpt = Annotated[int, typer.Option("--ft-ks", help="Dilation (px) of the source crop mask.", rich_help_panel="Model")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Frames per batch.", rich_help_panel="Runtime")]
 PersonalizeOpt = Annotated[bool, typer.Option("--personalize", help="Fine-tune the generator on the source first (the official post-tune; slow on a CPU). Cached per source.", rich_help_panel="Personalization")]
-TuneStepsOpt = Annotated[Optional[int], typer.Option("--personalize-steps", help="At most this many fine-tuning steps (default: the official 5 epochs over 8 pairs).", rich_help_panel="Personalization")]
+TuneStepsOpt = Annotated[Optional[int], typer.Option("--personalize-steps", help="At most this many fine-tuning steps (default: the official schedule: imitate/novelview 5 epochs over 8 pairs, swap 50 steps).", rich_help_panel="Personalization")]
 TuneSecondsOpt = Annotated[Optional[float], typer.Option("--personalize-seconds", help="At most this many seconds of fine-tuning.", rich_help_panel="Personalization")]
 RendererOpt = Annotated[str, typer.Option("--renderer", help="auto | torch | nmr (the official neural_renderer, CUDA only; auto uses it when installed).", rich_help_panel="Runtime")]
 CrfOpt = Annotated[int, typer.Option("--crf", help="H.264 quality (0 best .. 51 worst).", rich_help_panel="Output")]
@@ -138,6 +138,9 @@ def swap(
     crop: CropOpt = "person",
     bg_ks: BgKsOpt = 13,
     ft_ks: FtKsOpt = 3,
+    personalize: PersonalizeOpt = False,
+    personalize_steps: TuneStepsOpt = None,
+    personalize_seconds: TuneSecondsOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     renderer: RendererOpt = "auto",
@@ -147,9 +150,16 @@ def swap(
     quiet: QuietOpt = False,
 ) -> None:
     """Appearance transfer: the source person wearing the reference person's body parts (image out; video out
-    when the source is a video)."""
+    when the source is a video). --personalize fine-tunes on the (source, reference) pair first (photo sources;
+    the official swap post-tune, 50 steps by default)."""
     from .images import is_video_path
 
+    tuning = _tuning(personalize, personalize_steps, personalize_seconds)
+    if tuning is not None and is_video_path(source):
+        from .errors import UsageError
+
+        raise UsageError("--personalize works with a source photo, not a source video",
+                         hint="Drop --personalize, or give a photo as --source.")
     imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
     kw = dict(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
     ref = imp.prepare(reference, smpl=reference_smpl, **kw)
@@ -159,7 +169,9 @@ def swap(
                               progress=progress, **kw)
     else:
         src = imp.prepare(source, smpl=source_smpl, **kw)
-        result = imp.swap(src, ref, output, parts=part, front_warp=front_warp, overwrite=overwrite)
+        with progress_bar("personalize", quiet or tuning is None) as progress:
+            result = imp.swap(src, ref, output, parts=part, front_warp=front_warp, overwrite=overwrite,
+                              progress=progress, personalize=tuning)
     report(result, json_out, quiet)
 
 
