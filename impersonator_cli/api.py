@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import weights
-from .background import BackgroundSpec, parse_background
+from .background import BackgroundSpec, parse_background, to_uint8_frames
 from .body.model import BodyModel, load_body_model
 from .body.motion import load_motion
 from .devices import Runtime, resolve_runtime
@@ -28,7 +28,6 @@ from .errors import InputError, OutputError, UsageError
 from .gan.load import load_generator, load_inpaintor
 from .imitate import ImitateOptions, JobResult, driver_motion, driving_bodies, write_imitation
 from .source import CROPS, PreparedSource, prepare_rgb, prepare_source
-from .compose import to_uint8_frames
 from .images import is_video_path, write_image
 from .novelview import render_views, view_angles
 from .swap import swap_image
@@ -264,6 +263,23 @@ class Impersonator:
         rate = None if is_image else Fraction(fps).limit_denominator(1001)
         return JobResult(output=output, frames=len(angles), fps=rate, size=(self.size, self.size),
                          warnings=_notes([src]) + notes)
+
+
+def extract_motion_file(driver: PathLike, output: PathLike, *, weights_dir: PathLike | None = None,
+                        device: str = "auto", batch_size: int = 8, start: float = 0.0,
+                        duration: float | None = None, max_frames: int | None = None, smooth: float = 0.0,
+                        overwrite: bool = False, progress: Progress | None = None):
+    """Recover a driver's motion (HMR + SMPL, person-centred) once and save it as a .motion.npz file."""
+    from .body.motion import extract_motion, save_motion
+    from .devices import resolve_device
+
+    output = _output_path(output, overwrite, (".npz",))
+    driver = _existing(driver, "driver")
+    body = load_body_model(weights_dir, resolve_device(device))
+    motion = extract_motion(driver, body.hmr(), body.smpl, batch_size=batch_size, max_frames=max_frames,
+                            start=start, duration=duration, smooth_sigma=smooth, progress=progress)
+    save_motion(output, motion, overwrite=overwrite)
+    return motion
 
 
 def _write_video(output: Path, batches, fps: Fraction, crf: int, overwrite: bool, total: int,

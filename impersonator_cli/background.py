@@ -41,10 +41,15 @@ def parse_background(text: str) -> BackgroundSpec:
                      hint="Use inpaint, source, black, white, gray, green or a colour like #33aa77.")
 
 
-def to_uint8(image: Tensor) -> Tensor:
+def to_uint8_frames(images: Tensor) -> list:
+    """B x 3 x H x W in [-1, 1] -> list of H x W x 3 uint8 numpy frames (rounded)."""
+    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return list(arr.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
     """[-1, 1] -> uint8 H x W x 3 numpy (rounded), for one image 1 x 3 x H x W."""
-    arr = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().byte()
-    return arr.permute(1, 2, 0).cpu().numpy()
+    return to_uint8_frames(image[:1])[0]
 
 
 def from_uint8(rgb: np.ndarray, device, dtype=torch.float32) -> Tensor:

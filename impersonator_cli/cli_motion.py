@@ -30,23 +30,15 @@ def extract(
     quiet: QuietOpt = False,
 ) -> None:
     """Recover the driver's per-frame body (HMR + SMPL, person-centred) into a .motion.npz file."""
-    from .body.model import load_body_model
-    from .body.motion import extract_motion, save_motion
-    from .devices import resolve_device
-    from .errors import InputError, OutputError
+    from .api import extract_motion_file
 
-    if output.exists() and not overwrite:
-        raise OutputError("The output already exists", path=output, hint="Pass --overwrite or choose another name.")
-    if not driver.exists():
-        raise InputError("The driver does not exist", path=driver, hint="Check the path (quote paths with spaces).")
-    body = load_body_model(weights_dir, resolve_device(device))
     with progress_bar("motion", quiet) as progress:
-        motion = extract_motion(driver, body.hmr(), body.smpl, batch_size=batch_size, max_frames=max_frames,
-                                start=start, duration=duration, smooth_sigma=smooth, progress=progress)
-    path = save_motion(output, motion, overwrite=overwrite)
-    summary = {"output": str(path), "frames": motion.frame_count,
+        motion = extract_motion_file(driver, output, weights_dir=weights_dir, device=device, batch_size=batch_size,
+                                     start=start, duration=duration, max_frames=max_frames, smooth=smooth,
+                                     overwrite=overwrite, progress=progress)
+    summary = {"output": str(output), "frames": motion.frame_count,
                "fps": f"{motion.fps.numerator}/{motion.fps.denominator}", "missing_frames": list(motion.missing)}
-    print(json.dumps(summary, indent=2) if json_out else path)
+    print(json.dumps(summary, indent=2) if json_out else output)
     if motion.missing and not quiet:
         err.print(f"[yellow]note:[/] {len(motion.missing)} frame(s) without a plausible person hold the last good "
                   f"pose: {list(motion.missing)[:20]}")

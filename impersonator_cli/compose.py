@@ -45,8 +45,3 @@ def synthesize(body: BodyModel, synth, sources: Sequence[PreparedSource], feats:
         return front_warp(frames, warped, body.maps.render_front(fim))
     return frames.image
 
-
-def to_uint8_frames(images: Tensor) -> "list":
-    """B x 3 x N x N in [-1, 1] -> list of N x N x 3 uint8 numpy frames (rounded)."""
-    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return list(arr.permute(0, 2, 3, 1).cpu().numpy())

@@ -21,7 +21,8 @@ from .body.model import BodyModel
 from .body.motion import MotionData, extract_motion, load_motion
 from .body.smoothing import smooth_cameras, smooth_poses
 from .body.tracking import padded_frame_box, square_crop
-from .compose import synthesize, to_uint8_frames
+from .background import to_uint8_frames
+from .compose import synthesize
 from .errors import UsageError
 from .images import resize_rgb
 from .render.body_view import view_body
