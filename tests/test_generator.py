@@ -44,10 +44,12 @@ def _random_flow(b: int, seed: int) -> torch.Tensor:
     return T
 
 
-@pytest.fixture(scope="module")
-def gen() -> LiquidWarpingGenerator:
+@pytest.fixture(scope="module", params=[False, True], ids=["reference-kernels", "fast-cpu-kernels"])
+def gen(request) -> LiquidWarpingGenerator:
+    """Bottleneck width 256, so the fast CPU mode runs its Winograd res-block convolutions."""
     torch.manual_seed(0)
-    g = LiquidWarpingGenerator(conv_dim=8, repeat_num=2).eval()
+    g = LiquidWarpingGenerator(conv_dim=32, repeat_num=2).eval()
+    g.fast_cpu = request.param
     with torch.no_grad():  # non-trivial norm affine parameters
         for name, p in g.named_parameters():
             if p.dim() == 1:
@@ -159,7 +161,7 @@ def test_infer_front_equals_lockstep_reference(gen):
     for a, b in zip(ours, ref):
         assert (a - b).abs().max() < 1e-5
     # and the fusion matters: without it the transfer stream gives something else
-    plain = gen.tsf_model(tsf_in)
+    plain = gen.tsf_model(gen.compute_layout(tsf_in))
     assert (plain.color - ours.color_tsf).abs().max() > 1e-3
 
 
@@ -192,7 +194,7 @@ def test_no_correspondence_reduces_to_plain_transfer_stream(gen):
     src_in, tsf_in, _ = _inputs(1, 4)
     feats = gen.encode_source(src_in)
     P, A = gen.transfer(feats, tsf_in, torch.full((1, S, S, 2), -2.0))
-    plain = gen.tsf_model(tsf_in)
+    plain = gen.tsf_model(gen.compute_layout(tsf_in))
     assert torch.equal(P, plain.color) and torch.equal(A, plain.attention)
     zero = SourceFeatures(tuple(map(torch.zeros_like, feats.encoder)),
                           tuple(map(torch.zeros_like, feats.resnet)))

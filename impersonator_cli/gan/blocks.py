@@ -9,14 +9,53 @@ callers wrap in ``nn.Sequential`` in a fixed order.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from . import cpu_kernels as ck
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state-dict keys) that runs wide 3x3 layers through the
+    Winograd kernel when given a channels-last float32 CPU input without gradients."""
+
+    _winograd: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None and ck.fast_path(x) and ck.winograd_eligible(
+                x, self.weight, self.stride, self.padding, self.dilation, self.groups):
+            return ck.winograd_conv3x3(x, self._filters())
+        return super().forward(x)
+
+    def _filters(self) -> torch.Tensor:
+        key = (self.weight._version, self.weight.data_ptr())
+        if self._winograd is None or self._winograd[0] != key:
+            self._winograd = (key, ck.winograd_filter(self.weight))
+        return self._winograd[1]
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` (same state-dict keys) with a channels-last CPU inference path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if ck.fast_path(x) and not self.track_running_stats:
+            return ck.instance_norm_cl(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def merged_heads(x: torch.Tensor, convs: list[nn.Conv2d]) -> list[torch.Tensor]:
+    """Several same-shaped bias-free convs of one input as a single conv (split afterwards)."""
+    conv = convs[0]
+    weight = torch.cat([c.weight for c in convs])
+    y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return list(y.split([c.out_channels for c in convs], dim=1))
 
 
 def conv_norm_relu(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
     """Bias-free ``kernel x kernel`` conv ('same' padding for odd kernels) -> IN(affine) -> ReLU."""
     return [
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.InstanceNorm2d(c_out, affine=True),
+        Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        InstanceNorm2d(c_out, affine=True),
         nn.ReLU(inplace=True),
     ]
 
@@ -25,7 +64,7 @@ def deconv_norm_relu(c_in: int, c_out: int) -> list[nn.Module]:
     """Bias-free 3x3 stride-2 transposed conv (doubles H and W exactly) -> IN(affine) -> ReLU."""
     return [
         nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1, bias=False),
-        nn.InstanceNorm2d(c_out, affine=True),
+        InstanceNorm2d(c_out, affine=True),
         nn.ReLU(inplace=True),
     ]
 
@@ -39,11 +78,11 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.main = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.InstanceNorm2d(channels, affine=True),
+            Conv2d(channels, channels, 3, padding=1, bias=False),
+            InstanceNorm2d(channels, affine=True),
             nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.InstanceNorm2d(channels, affine=True),
+            Conv2d(channels, channels, 3, padding=1, bias=False),
+            InstanceNorm2d(channels, affine=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

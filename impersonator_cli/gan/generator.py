@@ -12,13 +12,15 @@ with bilinear ``grid_sample``, zero padding and ``align_corners=True``; -2 marks
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ResidualBlock, conv_norm_relu, deconv_norm_relu
+from . import cpu_kernels as ck
+from .blocks import ResidualBlock, conv_norm_relu, deconv_norm_relu, merged_heads
 
 Tensor = torch.Tensor
 
@@ -50,6 +52,19 @@ def _sample(f: Tensor, grid: Tensor) -> Tensor:
 def lwb_warp(f: Tensor, T: Tensor) -> Tensor:
     """W(f, T): warp features B' x C x h x w with the flow T (B x H x W x 2) resized to h x w."""
     return _sample(f, _resize_flow(T, tuple(f.shape[-2:])))
+
+
+def _warp_fused_rows(feats_list: Sequence["SourceFeatures"], flows_list: Sequence[Tensor]) -> list[Tensor]:
+    """sum_k W(feats_k, T_k) for every fusion point, batch-1 sources, CPU sampler: one set of
+    bilinear taps per resolution and flow serves all maps of that resolution."""
+    total: list[Tensor] = []
+    for feats, T in zip(feats_list, flows_list):
+        warped: list[Tensor] = []
+        for rows, chans, (h, w) in feats.fused_rows:
+            taps = ck.bilinear_taps(_resize_flow(T, (h, w)), (h, w))
+            warped.extend(ck.sample_rows(rows, taps, (T.shape[0], h, w)).split(chans, dim=1))
+        total = warped if not total else [a + b for a, b in zip(total, warped)]
+    return total
 
 
 # ------------------------------------------------------------------------------------- streams
@@ -120,6 +135,9 @@ class ResUnetGenerator(nn.Module):
         return x
 
     def regress(self, x: Tensor) -> Synthesis:
+        if ck.fast_path(x):
+            color, attention = merged_heads(x, [self.img_reg[0], self.attetion_reg[0]])
+            return Synthesis(torch.tanh(color).contiguous(), torch.sigmoid(attention).contiguous())
         return Synthesis(self.img_reg(x), self.attetion_reg(x))
 
     def forward(self, x: Tensor) -> Synthesis:
@@ -154,6 +172,18 @@ class SourceFeatures:
     def batch_size(self) -> int:
         return self.encoder[0].shape[0]
 
+    @cached_property
+    def fused_rows(self) -> list[tuple[Tensor, list[int], tuple[int, int]]]:
+        """Fused maps grouped by resolution (fusion order kept), each group flattened once for the
+        CPU sampler: [(rows, channels per map, (h, w))]. Batch-1 features only."""
+        groups: list[list[Tensor]] = []
+        for f in self.fused:
+            if groups and groups[-1][0].shape[-2:] == f.shape[-2:]:
+                groups[-1].append(f)
+            else:
+                groups.append([f])
+        return [(ck.flatten_maps(g), [m.shape[1] for m in g], tuple(g[0].shape[-2:])) for g in groups]
+
 
 class GeneratorOutputs(NamedTuple):
     """Training forward: inpainted background and both streams' heads (all B x C x H x W)."""
@@ -186,6 +216,10 @@ class LiquidWarpingGenerator(nn.Module):
     DeepFill background); load official checkpoints into it after dropping ``bg_model.*`` keys.
     """
 
+    #: Run CPU float32 inference (no gradients) channels-last through ``cpu_kernels`` (Winograd
+    #: res-block convolutions, fused sampling); False keeps PyTorch's default kernels throughout.
+    fast_cpu: bool = True
+
     def __init__(self, bg_dim: int = 4, src_dim: int = 6, tsf_dim: int = 6, conv_dim: int = 64,
                  repeat_num: int = 6, n_down: int = 3, bg_stream: bool = True):
         super().__init__()
@@ -197,11 +231,18 @@ class LiquidWarpingGenerator(nn.Module):
         """BG stream: B x 4 x H x W (masked image, mask) -> B x 3 x H x W in (-1, 1)."""
         if self.bg_model is None:
             raise RuntimeError("this generator was built with bg_stream=False")
-        return self.bg_model(bg_in)
+        return self.bg_model(self.compute_layout(bg_in)).contiguous()
+
+    def compute_layout(self, x: Tensor) -> Tensor:
+        """Inputs go channels-last where the fast CPU kernels apply (see ``fast_cpu``)."""
+        if (self.fast_cpu and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_grad_enabled()):
+            return x.contiguous(memory_format=ck.CL)
+        return x
 
     def encode_source(self, src_in: Tensor) -> SourceFeatures:
         """SID stream encoder + res-blocks: B x 6 x H x W -> SourceFeatures (computed once)."""
-        encoder = self.src_model.encode(src_in)
+        encoder = self.src_model.encode(self.compute_layout(src_in))
         resnet, x = [], encoder[-1]
         for block in self.src_model.resnets:
             x = block(x)
@@ -224,8 +265,12 @@ class LiquidWarpingGenerator(nn.Module):
         """TSF stream adding sum_k W(feats_k, T_k) at every fusion point (any number of sources)."""
         if len(feats_list) != len(flows_list) or not feats_list:
             raise ValueError("swap needs one flow per source and at least one source")
-        tsf = self.tsf_model
-        n_enc = len(tsf.encoders) - 1
+        tsf_in = self.compute_layout(tsf_in)
+        if ck.fast_path(tsf_in) and all(f.batch_size == 1 for f in feats_list):
+            warped = _warp_fused_rows(feats_list, flows_list)
+            return self._tsf_stream(tsf_in, lambda x, point: x + warped[point])
+
+        n_enc = len(self.tsf_model.encoders) - 1
         sources = [f.fused for f in feats_list]
         sizes = [tuple(f.shape[-2:]) for f in sources[0][:n_enc]]
         flows = [[_resize_flow(T, s) for s in sizes] for T in flows_list]
@@ -235,7 +280,12 @@ class LiquidWarpingGenerator(nn.Module):
             for feats, grids in zip(sources, flows):
                 x = x + _sample(feats[point], grids[level])
             return x
+        return self._tsf_stream(tsf_in, fuse)
 
+    def _tsf_stream(self, tsf_in: Tensor, fuse) -> Synthesis:
+        """The transfer stream with ``fuse(x, point)`` applied at the 3 + repeat_num fusion points."""
+        tsf = self.tsf_model
+        n_enc = len(tsf.encoders) - 1
         encoder_outs = [tsf.encoders[0](tsf_in)]
         for i in range(n_enc):
             encoder_outs.append(fuse(tsf.encoders[i + 1](encoder_outs[-1]), i))
