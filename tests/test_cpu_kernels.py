@@ -33,6 +33,10 @@ def test_transform_formulas_equal_the_winograd_matrices():
     ck._output_transform(d, out4)
     expect = torch.einsum("ai,ixy->axy", torch.tensor(ck._AT, dtype=torch.float64), torch.stack(d))
     assert torch.allclose(torch.stack(out4), expect, atol=1e-12)
+    w = torch.randn(4, 3, 3, 3, generator=g)
+    G = torch.tensor(ck._G, dtype=torch.float64)
+    expect = torch.einsum("ak,oikl,bl->abio", G, w.double(), G).reshape(36, 3, 4)
+    assert torch.allclose(ck.winograd_filter(w).double(), expect, atol=1e-6)
 
 
 @pytest.mark.parametrize("b, c, co, h, w", [
@@ -79,10 +83,11 @@ def test_fast_path_conditions():
     assert not ck.fast_path(x)  # gradients enabled
 
 
-def test_channels_last_instance_norm_matches_pytorch():
+@pytest.mark.parametrize("shape", [(3, 24, 17, 9), (2, 8, 64, 70)])  # one / several row blocks
+def test_channels_last_instance_norm_matches_pytorch(shape):
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(3, 24, 17, 9, generator=g) * 4 + 2
-    weight, bias = torch.rand(24, generator=g) + 0.5, torch.randn(24, generator=g)
+    x = torch.randn(*shape, generator=g) * 4 + 2
+    weight, bias = torch.rand(shape[1], generator=g) + 0.5, torch.randn(shape[1], generator=g)
     y = ck.instance_norm_cl(_cl(x), weight, bias, 1e-5)
     ref = F.instance_norm(x.double(), weight=weight.double(), bias=bias.double(), eps=1e-5)
     assert y.is_contiguous(memory_format=CL)

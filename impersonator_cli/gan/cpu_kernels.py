@@ -34,10 +34,7 @@ _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
 _AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 _M, _A = 4, 6  # output tile, input tile
 _CHUNK_TILES = 256  # tiles transformed together (4 images of a 32 x 32 map)
-
-
-def _f64(rows) -> Tensor:
-    return torch.tensor(rows, dtype=torch.float64)
+_NORM_ROWS = 2048   # pixels per block of the instance-norm variance pass
 
 
 
@@ -61,10 +58,13 @@ def winograd_eligible(x: Tensor, weight: Tensor, stride, padding, dilation, grou
 
 
 def winograd_filter(weight: Tensor) -> Tensor:
-    """Co x Ci x 3 x 3 -> 36 x Ci x Co transformed filters G g G^T (computed in float64)."""
-    g = _f64(_G).to(weight.device)
-    u = torch.einsum("ak,oikl,bl->abio", g, weight.detach().double(), g)
-    return u.reshape(_A * _A, weight.shape[1], weight.shape[0]).float().contiguous()
+    """Co x Ci x 3 x 3 -> 36 x Ci x Co transformed filters G g G^T (float32: the entries of G are
+    exact to 2^-24 relative, so the filters match a float64 transform to rounding)."""
+    co, ci = weight.shape[:2]
+    g = torch.tensor(_G, dtype=weight.dtype, device=weight.device)
+    t = weight.detach().permute(2, 3, 1, 0).reshape(3, -1)           # k x (l, Ci, Co)
+    t = (g @ t).view(_A, 3, ci * co)                                  # a x l x (Ci, Co)
+    return torch.einsum("bl,aln->abn", g, t).reshape(_A * _A, ci, co)
 
 
 def _input_transform(d: Sequence[Tensor], out: Sequence[Tensor]) -> None:
@@ -127,12 +127,17 @@ def _winograd_tiles(xh: Tensor, u: Tensor, out: Tensor) -> None:
 # ------------------------------------------------------------------------------- instance norm
 
 def instance_norm_cl(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
-    """InstanceNorm2d (biased variance, per sample and channel) of a channels-last map."""
+    """InstanceNorm2d (biased variance, per sample and channel) of a channels-last map.
+
+    Two-pass statistics (mean, then squared deviations summed over cache-sized row blocks), then
+    one fused scale-and-shift."""
     b, c, h, w = x.shape
     v = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
     mean = v.mean(dim=1, keepdim=True)
-    var = (v - mean).square_().mean(dim=1, keepdim=True)
-    scale = torch.rsqrt(var + eps)
+    m2 = torch.zeros_like(mean)
+    for block in v.split(_NORM_ROWS, dim=1):
+        m2 += (block - mean).square_().sum(dim=1, keepdim=True)
+    scale = torch.rsqrt(m2 / (h * w) + eps)
     if weight is not None:
         scale = scale * weight
     shift = -mean * scale
