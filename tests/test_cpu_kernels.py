@@ -41,7 +41,8 @@ def test_transform_formulas_equal_the_winograd_matrices():
 
 @pytest.mark.parametrize("b, c, co, h, w", [
     (1, 512, 512, 32, 32),   # the res-block layer of a 256 x 256 frame
-    (5, 256, 320, 30, 22),   # sizes not divisible by 4; 5 images = one group of 4 and one of 1
+    (7, 256, 320, 30, 22),   # sizes not divisible by 4; 48 tiles an image: groups of 5 and 2 images
+    (2, 16, 24, 70, 66),     # 18 x 17 tiles an image: bands of 15 and 3 tile rows
 ])
 def test_winograd_convolution_matches_a_float64_reference(b, c, co, h, w):
     g = torch.Generator().manual_seed(1)
@@ -80,6 +81,8 @@ def test_fast_path_conditions():
         assert ck.fast_path(x)
         assert not ck.fast_path(x.contiguous())
         assert not ck.fast_path(x.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not ck.fast_path(x)
     assert not ck.fast_path(x)  # gradients enabled
 
 

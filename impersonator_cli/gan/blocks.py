@@ -23,7 +23,7 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is None and ck.fast_path(x) and ck.winograd_eligible(
-                x, self.weight, self.stride, self.padding, self.dilation, self.groups):
+                self.weight, self.stride, self.padding, self.dilation, self.groups):
             return ck.winograd_conv3x3(x, self._filters())
         return super().forward(x)
 

@@ -39,22 +39,26 @@ _NORM_ROWS = 2048   # pixels per block of the instance-norm variance pass
 
 
 
-def fast_path(x: Tensor) -> bool:
-    """Whether ``x`` takes these kernels: float32 CPU channels-last 4-d input, gradients off."""
+def fast_eligible(x: Tensor) -> bool:
+    """Float32 CPU 4-d input, gradients off and no autocast: what these kernels are written for."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and not torch.is_grad_enabled() and x.is_contiguous(memory_format=CL))
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
+
+
+def fast_path(x: Tensor) -> bool:
+    """Whether ``x`` takes these kernels: :func:`fast_eligible` and laid out channels-last."""
+    return fast_eligible(x) and x.is_contiguous(memory_format=CL)
 
 
 # --------------------------------------------------------------------------------- Winograd conv
 
-def winograd_eligible(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> bool:
-    """3x3, stride 1, 'same' padding, no dilation or groups, at least 256 channels in and out and
-    maps of at most 64 x 64: narrower layers and larger maps spend more in the tile transforms
-    (memory-bound) than they save in the products."""
+def winograd_eligible(weight: Tensor, stride, padding, dilation, groups: int) -> bool:
+    """3x3, stride 1, 'same' padding, no dilation or groups, at least 256 channels in and out:
+    narrower layers spend more in the (memory-bound) tile transforms than they save in the
+    products (measured here: 256 -> 128 channels breaks even, 128 -> 64 runs twice as slow)."""
     return (tuple(weight.shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
             and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
-            and weight.shape[0] >= 256 and weight.shape[1] >= 256
-            and x.shape[2] * x.shape[3] <= _M * _M * _CHUNK_TILES)
+            and weight.shape[0] >= 256 and weight.shape[1] >= 256)
 
 
 def winograd_filter(weight: Tensor) -> Tensor:
@@ -95,15 +99,23 @@ def winograd_conv3x3(x: Tensor, u: Tensor) -> Tensor:
     """3x3 stride-1 zero-padded convolution of channels-last ``x`` (B x Ci x H x W) with filters
     transformed by :func:`winograd_filter`; returns B x Co x H x W, channels-last.
 
-    Images go through in groups of at most ``_CHUNK_TILES`` tiles, so that the transformed tiles of
-    one group stay in cache while the 36 products stream the filters."""
+    Tiles go through in groups of at most ``_CHUNK_TILES`` (whole images, or bands of tile rows of
+    one image), so that the transformed tiles of a group stay in cache while the 36 products
+    stream the filters."""
     b, _, h, w = x.shape
     th, tw = -(-h // _M), -(-w // _M)
     xh = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, _M * tw + 1 - w, 1, _M * th + 1 - h))
     out = x.new_empty(b, th, _M, tw, _M, u.shape[2])
-    step = max(1, _CHUNK_TILES // (th * tw))
-    for b0 in range(0, b, step):
-        _winograd_tiles(xh[b0:b0 + step], u, out[b0:b0 + step])
+    if th * tw <= _CHUNK_TILES:  # whole images per group
+        step = _CHUNK_TILES // (th * tw)
+        for b0 in range(0, b, step):
+            _winograd_tiles(xh[b0:b0 + step], u, out[b0:b0 + step])
+    else:  # bands of tile rows, one image at a time
+        rows = max(1, _CHUNK_TILES // tw)
+        for i in range(b):
+            for t0 in range(0, th, rows):
+                t1 = min(th, t0 + rows)
+                _winograd_tiles(xh[i:i + 1, _M * t0:_M * t1 + 2], u, out[i:i + 1, t0:t1])
     out = out.view(b, _M * th, _M * tw, -1)[:, :h, :w, :]
     return out.permute(0, 3, 1, 2).contiguous(memory_format=CL)
 

@@ -235,8 +235,7 @@ class LiquidWarpingGenerator(nn.Module):
 
     def compute_layout(self, x: Tensor) -> Tensor:
         """Inputs go channels-last where the fast CPU kernels apply (see ``fast_cpu``)."""
-        if (self.fast_cpu and x.device.type == "cpu" and x.dtype == torch.float32
-                and not torch.is_grad_enabled()):
+        if self.fast_cpu and ck.fast_eligible(x):
             return x.contiguous(memory_format=ck.CL)
         return x
 
