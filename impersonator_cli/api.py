@@ -121,9 +121,12 @@ class Impersonator:
         return report
 
     @contextlib.contextmanager
-    def tuned(self):
-        """Restore the generator's weights when the block ends (a job's personalization stays in it)."""
-        if not isinstance(self.synth, LWBSynthesizer):
+    def tuned(self, active: bool = True):
+        """Restore the generator's weights when the block ends (a job's personalization stays in it).
+
+        ``active=False`` (a job without personalization) neither copies nor reloads the weights, so
+        the generator's prepared fast-kernel filters stay valid from one job to the next."""
+        if not active or not isinstance(self.synth, LWBSynthesizer):
             yield
             return
         saved = {k: v.detach().clone() for k, v in self.synth.generator.state_dict().items()}
@@ -149,7 +152,7 @@ class Impersonator:
             raise UsageError("imitate needs at least one --source image")
         motion = driver_motion(self.body, driver, options, None)
         notes = []
-        with self.tuned():
+        with self.tuned(personalize is not None):
             if personalize is not None:
                 cams, poses = driving_bodies(prepared[0], motion, options)
                 notes += _tuning_notes(self.personalize(prepared[0], personalize, cams, poses))
@@ -181,7 +184,7 @@ class Impersonator:
         ref_kw = {**source_kw, "smpl": reference_smpl}
         ref = reference if isinstance(reference, PreparedSource) else self.prepare(reference, **ref_kw)
         notes = []
-        with self.tuned():
+        with self.tuned(personalize is not None):
             if personalize is not None:
                 notes += _tuning_notes(self._personalize_swap(src, ref, personalize, front_warp, progress))
             src_feats, ref_feats = self._encode([src, ref])
@@ -249,7 +252,7 @@ class Impersonator:
                              hint="Give one --yaw/--pitch for an image, or write a video (.mp4).")
         src = source if isinstance(source, PreparedSource) else self.prepare(source, **source_kw)
         notes = []
-        with self.tuned():
+        with self.tuned(personalize is not None):
             if personalize is not None:
                 notes += _tuning_notes(self.personalize(src, personalize))
             feats = self._encode([src])[0]
