@@ -71,3 +71,12 @@ def test_personalized_job_restores_the_generator(world):
     after = gen.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
 
+
+
+def test_reference_kernels_can_be_chosen_by_environment(world, monkeypatch):
+    from impersonator_cli.gan.load import load_generator
+
+    _, _, _, folder = world
+    assert load_generator(folder / "gen.safetensors").fast_cpu
+    monkeypatch.setenv("IMPERSONATE_CPU_KERNELS", "reference")
+    assert not load_generator(folder / "gen.safetensors").fast_cpu

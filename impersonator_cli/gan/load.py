@@ -7,6 +7,7 @@ path as the official ones. An official `.pth` path is accepted too (read with we
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -48,13 +49,17 @@ def _build(factory: Callable[[], nn.Module], state: Mapping, source: str, device
 
 def load_generator(name_or_path: str | Path = weights.DEFAULT_GENERATOR, weights_dir=None,
                    device: torch.device | str = "cpu", bg_stream: bool = False) -> LiquidWarpingGenerator:
-    """The LWB generator. bg_stream=False skips the BG stream (inference uses the DeepFill inpaintor)."""
+    """The LWB generator. bg_stream=False skips the BG stream (inference uses the DeepFill inpaintor).
+
+    ``IMPERSONATE_CPU_KERNELS=reference`` turns its fast CPU kernels off (PyTorch's own throughout)."""
     state, config, source = _state_and_config(name_or_path, "generator", weights_dir)
     conv_dim, repeat_num = int(config.get("conv_dim", 64)), int(config.get("repeat_num", 6))
     if not bg_stream:
         state = {k: v for k, v in state.items() if not k.startswith("bg_model.")}
-    return _build(lambda: LiquidWarpingGenerator(conv_dim=conv_dim, repeat_num=repeat_num, bg_stream=bg_stream),
-                  state, source, device)
+    model = _build(lambda: LiquidWarpingGenerator(conv_dim=conv_dim, repeat_num=repeat_num, bg_stream=bg_stream),
+                   state, source, device)
+    model.fast_cpu = os.environ.get("IMPERSONATE_CPU_KERNELS", "fast").strip().lower() != "reference"
+    return model
 
 
 def load_inpaintor(name_or_path: str | Path = "inpaintor_deepfillv2", weights_dir=None,
