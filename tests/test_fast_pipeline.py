@@ -44,6 +44,8 @@ def test_fast_kernels_give_the_reference_frames_and_jobs_keep_their_filters(worl
     imp.imitate([src], files.motion, folder / "fast.mp4", options=lossless, overwrite=True)
     winograd = [m for m in gen.tsf_model.modules() if isinstance(m, Conv2d) and m._winograd is not None]
     assert len(winograd) == 4  # the two res-blocks' convolutions ran through Winograd
+    # the source stream runs once per job: it keeps no transformed filters
+    assert not [m for m in gen.src_model.modules() if isinstance(m, Conv2d) and m._winograd is not None]
     prepared = [m._winograd for m in winograd]
     imp.imitate([src], files.motion, folder / "fast2.mp4", options=lossless, overwrite=True)
     assert all(m._winograd is p for m, p in zip(winograd, prepared))  # no weight reload between jobs

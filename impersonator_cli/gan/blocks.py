@@ -19,10 +19,13 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state-dict keys) that runs wide 3x3 layers through the
     Winograd kernel when given a channels-last float32 CPU input without gradients."""
 
+    #: Whether this layer may use Winograd (its transformed filters are kept: 4x the weight's
+    #: memory, worth it for layers that run every frame, not for run-once ones).
+    winograd: bool = True
     _winograd: tuple[tuple[int, int], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bias is None and ck.fast_path(x) and ck.winograd_eligible(
+        if self.winograd and self.bias is None and ck.fast_path(x) and ck.winograd_eligible(
                 self.weight, self.stride, self.padding, self.dilation, self.groups):
             return ck.winograd_conv3x3(x, self._filters())
         return super().forward(x)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels as ck
-from .blocks import ResidualBlock, conv_norm_relu, deconv_norm_relu, merged_heads
+from .blocks import Conv2d, ResidualBlock, conv_norm_relu, deconv_norm_relu, merged_heads
 
 Tensor = torch.Tensor
 
@@ -226,6 +226,10 @@ class LiquidWarpingGenerator(nn.Module):
         self.bg_model = ResNetGenerator(bg_dim, conv_dim, repeat_num, n_down) if bg_stream else None
         self.src_model = ResUnetGenerator(src_dim, conv_dim, repeat_num, n_down)
         self.tsf_model = ResUnetGenerator(tsf_dim, conv_dim, repeat_num, n_down)
+        for stream in (self.bg_model, self.src_model):  # run once per source: no kept filters
+            for m in stream.modules() if stream is not None else ():
+                if isinstance(m, Conv2d):
+                    m.winograd = False
 
     def background(self, bg_in: Tensor) -> Tensor:
         """BG stream: B x 4 x H x W (masked image, mask) -> B x 3 x H x W in (-1, 1)."""
