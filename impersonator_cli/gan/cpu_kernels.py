@@ -44,7 +44,14 @@ _NORM_ROWS = 2048   # pixels per block of the instance-norm variance pass
 def fast_eligible(x: Tensor) -> bool:
     """Float32 CPU 4-d input, gradients off and no autocast: what these kernels are written for."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
+            and not torch.is_grad_enabled() and not _cpu_autocast())
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def fast_path(x: Tensor) -> bool:
