@@ -87,11 +87,11 @@ def _stage_rows(size: int, batch: int, device: torch.device, dtype: torch.dtype,
 
 def _reference_kernels(gen, fn):
     """Run ``fn`` with the generator's fast CPU kernels off (PyTorch's own kernels)."""
-    gen.fast_cpu = False
+    previous, gen.fast_cpu = gen.fast_cpu, False
     try:
         return fn()
     finally:
-        gen.fast_cpu = True
+        gen.fast_cpu = previous
 
 
 def _end_to_end(size: int, frames: int, batch: int, device: str, precision: str) -> dict:

@@ -39,8 +39,6 @@ _CHUNK_TILES = 256  # tiles transformed together (4 images of a 32 x 32 map)
 _NORM_ROWS = 2048   # pixels per block of the instance-norm variance pass
 
 
-
-
 def fast_eligible(x: Tensor) -> bool:
     """Float32 CPU 4-d input, gradients off and no autocast: what these kernels are written for."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
