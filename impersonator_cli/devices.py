@@ -74,6 +74,16 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     return Runtime(device=dev, precision=precision)
 
 
+def fast_cpu_kernels() -> bool:
+    """Whether the generator uses its own CPU kernels (``IMPERSONATE_CPU_KERNELS=reference``: no)."""
+    return os.environ.get("IMPERSONATE_CPU_KERNELS", "fast").strip().lower() != "reference"
+
+
+def allocator_tuning_wanted() -> bool:
+    """Whether a CPU runtime tunes glibc's allocator (``IMPERSONATE_MALLOC_TUNING=0``: no)."""
+    return sys.platform.startswith("linux") and os.environ.get("IMPERSONATE_MALLOC_TUNING", "1") != "0"
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _allocator_tuned: bool | None = None
 
@@ -91,7 +101,7 @@ def tune_cpu_allocator() -> bool:
     global _allocator_tuned
     if _allocator_tuned is None:
         _allocator_tuned = False
-        if sys.platform.startswith("linux") and os.environ.get("IMPERSONATE_MALLOC_TUNING", "1") != "0":
+        if allocator_tuning_wanted():
             try:
                 mallopt = ctypes.CDLL("libc.so.6").mallopt
             except (OSError, AttributeError):

@@ -65,7 +65,8 @@ def _torch_checks() -> list[dict[str, str]]:
         import torch
     except Exception as exc:  # noqa: BLE001
         return [_row("torch", MISSING, str(exc), "pip install torch (see the README for CPU-only wheels)")]
-    rows = [_row("torch", OK, torch.__version__), _row("threads", OK, str(torch.get_num_threads()))]
+    rows = [_row("torch", OK, torch.__version__), _row("threads", OK, str(torch.get_num_threads())),
+            _cpu_kernels_row()]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
@@ -77,6 +78,15 @@ def _torch_checks() -> list[dict[str, str]]:
     if mps is not None and mps.is_available():
         rows.append(_row("mps", OK, "available"))
     return rows
+
+
+def _cpu_kernels_row() -> dict[str, str]:
+    from .devices import allocator_tuning_wanted, fast_cpu_kernels
+
+    kernels = ("fast (channels-last, Winograd 3x3)" if fast_cpu_kernels()
+               else "reference (IMPERSONATE_CPU_KERNELS=reference)")
+    allocator = "large tensors kept on the heap" if allocator_tuning_wanted() else "allocator untouched"
+    return _row("cpu kernels", OK, f"{kernels}; {allocator}")
 
 
 def _ffmpeg_checks() -> list[dict[str, str]]:

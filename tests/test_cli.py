@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,6 +45,17 @@ def test_doctor_json_reports_missing_weights(tmp_path):
     weights = report["weights"]
     assert any(row["status"] == "missing" for row in weights)
     assert all(row["hint"] for row in weights if row["status"] == "missing")
+
+
+def test_doctor_reports_the_cpu_kernel_choice(tmp_path):
+    def kernels(**env):
+        res = run_cli("doctor", "--json", "--weights-dir", str(tmp_path), env={**os.environ, **env})
+        return {row["item"]: row for row in json.loads(res.stdout)["torch"]}["cpu kernels"]["value"]
+
+    default = kernels()
+    assert default.startswith("fast") and ("heap" in default) == sys.platform.startswith("linux")
+    chosen = kernels(IMPERSONATE_CPU_KERNELS="reference", IMPERSONATE_MALLOC_TUNING="0")
+    assert chosen.startswith("reference") and "untouched" in chosen
 
 
 @pytest.mark.parametrize(

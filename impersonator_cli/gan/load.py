@@ -7,7 +7,6 @@ path as the official ones. An official `.pth` path is accepted too (read with we
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from .. import weights
 from ..checkpoints import load_config, load_converted, load_official_state_dict
+from ..devices import fast_cpu_kernels
 from ..errors import WeightsError
 from .generator import LiquidWarpingGenerator
 from .inpaintor import InpaintSANet
@@ -58,7 +58,7 @@ def load_generator(name_or_path: str | Path = weights.DEFAULT_GENERATOR, weights
         state = {k: v for k, v in state.items() if not k.startswith("bg_model.")}
     model = _build(lambda: LiquidWarpingGenerator(conv_dim=conv_dim, repeat_num=repeat_num, bg_stream=bg_stream),
                    state, source, device)
-    model.fast_cpu = os.environ.get("IMPERSONATE_CPU_KERNELS", "fast").strip().lower() != "reference"
+    model.fast_cpu = fast_cpu_kernels()
     return model
 
 
