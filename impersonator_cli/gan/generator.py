@@ -226,10 +226,10 @@ class LiquidWarpingGenerator(nn.Module):
         self.bg_model = ResNetGenerator(bg_dim, conv_dim, repeat_num, n_down) if bg_stream else None
         self.src_model = ResUnetGenerator(src_dim, conv_dim, repeat_num, n_down)
         self.tsf_model = ResUnetGenerator(tsf_dim, conv_dim, repeat_num, n_down)
-        for stream in (self.bg_model, self.src_model):  # run once per source: no kept filters
-            for m in stream.modules() if stream is not None else ():
-                if isinstance(m, Conv2d):
-                    m.winograd = False
+        once_per_source = [m for m in (self.bg_model, self.src_model) if m is not None]
+        for m in nn.ModuleList(once_per_source).modules():  # no kept Winograd filters there
+            if isinstance(m, Conv2d):
+                m.winograd = False
 
     def background(self, bg_in: Tensor) -> Tensor:
         """BG stream: B x 4 x H x W (masked image, mask) -> B x 3 x H x W in (-1, 1)."""
