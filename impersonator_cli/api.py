@@ -171,14 +171,12 @@ class Impersonator:
              personalize: PersonalizeOptions | None = None, **source_kw) -> JobResult:
         """The source person wearing the reference person's `parts`: one image, or a video when the
         source is a video (its frame rate and audio kept). `personalize`: the official swap post-tune
-        on the (source, reference) pair first (spec §5.3; photo sources only, the video path ignores it)."""
+        on the (source, reference) pair first (spec §5.3); for a source video the pair is its first
+        frame with a person and the reference, and the tuned generator renders every frame."""
         if not isinstance(source, PreparedSource) and is_video_path(source):
-            result = self._swap_video(_existing(source, "source video"), reference, output, parts=parts,
-                                      front_warp=front_warp, overwrite=overwrite, reference_smpl=reference_smpl,
-                                      progress=progress, **source_kw)
-            if personalize is not None:
-                result.warnings.append("personalization skipped: it is done for a source photo, not a video")
-            return result
+            return self._swap_video(_existing(source, "source video"), reference, output, parts=parts,
+                                    front_warp=front_warp, overwrite=overwrite, reference_smpl=reference_smpl,
+                                    progress=progress, personalize=personalize, **source_kw)
         output = _output_path(output, overwrite, IMAGE_SUFFIXES)
         src = source if isinstance(source, PreparedSource) else self.prepare(source, **source_kw)
         ref_kw = {**source_kw, "smpl": reference_smpl}
@@ -215,28 +213,39 @@ class Impersonator:
         return report
 
     def _swap_video(self, source: Path, reference, output: PathLike, *, parts, front_warp: bool, overwrite: bool,
-                    reference_smpl, progress: Progress | None, **source_kw) -> JobResult:
+                    reference_smpl, progress: Progress | None, personalize: PersonalizeOptions | None = None,
+                    **source_kw) -> JobResult:
         """Swap on every frame of a source video: bodies by HMR tracking, the whole (letterboxed) frame."""
         output = _output_path(output, overwrite, VIDEO_SUFFIXES)
         kw = {k: v for k, v in source_kw.items() if k != "smpl"}
         ref = reference if isinstance(reference, PreparedSource) else self.prepare(reference, smpl=reference_smpl, **kw)
         motion = driver_motion(self.body, source, ImitateOptions(), None)
-        ref_feats = self._encode([ref])[0]
         spec = parse_background(kw.get("background", "inpaint"))
-        done = 0
-        with VideoWriter(output, motion.fps, audio_from=source, audio_duration=float(motion.frame_count / motion.fps),
-                         overwrite=overwrite) as writer, read_frames(source, max_frames=motion.frame_count) as frames:
-            for rgb, theta in zip(frames, motion.thetas.astype(np.float64)):
-                src = prepare_rgb(self.body, rgb, source, self.size, theta=theta, crop="full", background=spec,
-                                  inpaintor=self.inpaintor, bg_ks=kw.get("bg_ks", 13), ft_ks=kw.get("ft_ks", 3))
-                image = swap_image(self.body, self.synth, src, ref, self._encode([src])[0], ref_feats, parts,
-                                   front_warp)
-                writer.write(to_uint8_frames(image)[0])
-                done += 1
-                if progress is not None:
-                    progress(done, motion.frame_count)
+
+        def prepare_frame(rgb: np.ndarray, theta: np.ndarray) -> PreparedSource:
+            return prepare_rgb(self.body, rgb, source, self.size, theta=theta, crop="full", background=spec,
+                               inpaintor=self.inpaintor, bg_ks=kw.get("bg_ks", 13), ft_ks=kw.get("ft_ks", 3))
+
+        notes, done = [], 0
+        with self.tuned(personalize is not None):
+            if personalize is not None:
+                index, rgb = _first_person_frame(source, motion)
+                notes += _tuning_notes(self._personalize_swap(prepare_frame(rgb, motion.thetas[index].astype(np.float64)),
+                                                              ref, personalize, front_warp, None))
+            ref_feats = self._encode([ref])[0]
+            with VideoWriter(output, motion.fps, audio_from=source,
+                             audio_duration=float(motion.frame_count / motion.fps), overwrite=overwrite) as writer, \
+                    read_frames(source, max_frames=motion.frame_count) as frames:
+                for rgb, theta in zip(frames, motion.thetas.astype(np.float64)):
+                    src = prepare_frame(rgb, theta)
+                    image = swap_image(self.body, self.synth, src, ref, self._encode([src])[0], ref_feats, parts,
+                                       front_warp)
+                    writer.write(to_uint8_frames(image)[0])
+                    done += 1
+                    if progress is not None:
+                        progress(done, motion.frame_count)
         return JobResult(output=output, frames=done, fps=motion.fps, size=(self.size, self.size),
-                         warnings=_notes([ref]), missing_frames=list(motion.missing))
+                         warnings=_notes([ref]) + notes, missing_frames=list(motion.missing))
 
     def novel_view(self, source: PathLike | PreparedSource, output: PathLike, *, frames: int = 90,
                    yaw: Sequence[float] = (), pitch: Sequence[float] = (), tpose: bool = False,
@@ -304,6 +313,21 @@ def _tuning_notes(report) -> list[str]:
 
 def _notes(sources: Sequence[PreparedSource]) -> list[str]:
     return [f"background of {s.name}: {s.background_note}" for s in sources if "not found" in s.background_note]
+
+
+def _first_person_frame(source: Path, motion) -> tuple[int, np.ndarray]:
+    """The first frame of a source video whose body was found (index, RGB), for personalization."""
+    missing = set(motion.missing)
+    index = next((i for i in range(motion.frame_count) if i not in missing), None)
+    if index is None:
+        raise InputError(f"No person was found in any frame of {source}, so there is nothing to personalize on",
+                         hint="Check that the video shows one person, whole and in view, or drop --personalize.")
+    with read_frames(source, max_frames=index + 1) as frames:
+        for i, rgb in enumerate(frames):
+            if i == index:
+                return index, rgb
+    raise InputError(f"{source} ended before frame {index}, which its body tracking read",
+                     hint="The file may have changed while it was read; run the command again.")
 
 
 def _single_theta(path: Path) -> np.ndarray:

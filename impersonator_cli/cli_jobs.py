@@ -150,23 +150,18 @@ def swap(
     quiet: QuietOpt = False,
 ) -> None:
     """Appearance transfer: the source person wearing the reference person's body parts (image out; video out
-    when the source is a video). --personalize fine-tunes on the (source, reference) pair first (photo sources;
-    the official swap post-tune, 50 steps by default)."""
+    when the source is a video). --personalize fine-tunes on the (source, reference) pair first (the official
+    swap post-tune, 50 steps by default; a source video's first frame with a person is its source)."""
     from .images import is_video_path
 
     tuning = _tuning(personalize, personalize_steps, personalize_seconds)
-    if tuning is not None and is_video_path(source):
-        from .errors import UsageError
-
-        raise UsageError("--personalize works with a source photo, not a source video",
-                         hint="Drop --personalize, or give a photo as --source.")
     imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
     kw = dict(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
     ref = imp.prepare(reference, smpl=reference_smpl, **kw)
     if is_video_path(source):  # a video source gives a video (frame rate and audio kept)
         with progress_bar("swap", quiet) as progress:
             result = imp.swap(source, ref, output, parts=part, front_warp=front_warp, overwrite=overwrite,
-                              progress=progress, **kw)
+                              progress=progress, personalize=tuning, **kw)
     else:
         src = imp.prepare(source, smpl=source_smpl, **kw)
         with progress_bar("personalize", quiet or tuning is None) as progress:
