@@ -82,7 +82,28 @@ def _stage_rows(size: int, batch: int, device: torch.device, dtype: torch.dtype,
         for name, (fn, per) in stages.items():
             seconds = _time(fn, device, repeats)
             rows.append({"size": size, "stage": name, "ms": 1000 * seconds / per})
+        rows.append({"size": size, **compute_bound(lambda: gen.transfer(feats, tsf_in, T), batch, device, dtype,
+                                                   repeats)})
     return rows
+
+
+def compute_bound(fn: Callable[[], object], per: int, device: torch.device, dtype: torch.dtype,
+                  repeats: int) -> dict:
+    """How fast ``fn`` (``per`` frames) would run if all its multiply-adds went at this machine's
+    large matrix-multiply rate: {stage, fps, gmac (per frame, as run: Winograd products counted,
+    not the direct convolution's), matmul_gmacs}. A yardstick for the measured rate: everything
+    else (norms, transforms, memory traffic) only adds time, though a convolution library may beat
+    the plain matrix multiply by a little."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    gmac = counter.get_total_flops() / 2e9 / per
+    n = 2048
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    rate = n ** 3 / 1e9 / _time(lambda: a @ b, device, repeats)
+    return {"stage": f"generator transfer at the {n}² matmul rate", "fps": rate / gmac,
+            "gmac": gmac, "matmul_gmacs": rate}
 
 
 def _reference_kernels(gen, fn):

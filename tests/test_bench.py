@@ -16,3 +16,19 @@ def test_bench_times_every_stage_and_both_end_to_end_paths():
     assert all(math.isfinite(v) and v > 0 for v in [*ms.values(), *fps.values()])
     # The full-width generator does far more work per frame than warping alone.
     assert fps["end-to-end, warp-only"] > 3 * fps["end-to-end, LWB generator"]
+    # The work as run: Winograd products (not the 52.8 direct GMAC) plus the direct layers; no
+    # measured rate is far above what that work takes at the plain matmul rate.
+    bound = next(r for r in rows if "gmac" in r)
+    assert 15 < bound["gmac"] < 30 and 1000 / ms["generator transfer (per frame)"] < 2 * bound["fps"]
+
+
+def test_compute_bound_counts_the_multiply_adds_of_a_known_convolution():
+    import torch
+
+    from impersonator_cli.bench import compute_bound
+
+    x, w = torch.randn(2, 16, 32, 32), torch.randn(8, 16, 3, 3)
+    row = compute_bound(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2, torch.device("cpu"),
+                        torch.float32, 1)
+    assert row["gmac"] == 8 * 16 * 9 * 32 * 32 / 1e9  # per frame: Co * Ci * k^2 * H * W
+    assert math.isclose(row["fps"], row["matmul_gmacs"] / row["gmac"])
