@@ -71,7 +71,17 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         precision = "fp16"
     if dev.type == "cpu":
         tune_cpu_allocator()
+    if dev.type == "cuda" and precision == "fp32":
+        ieee_fp32_on_cuda()
     return Runtime(device=dev, precision=precision)
+
+
+def ieee_fp32_on_cuda() -> None:
+    """Make float32 mean float32 on CUDA: PyTorch lets cuDNN run fp32 convolutions in TF32 (10-bit
+    mantissa) on Ampere and later GPUs by default, which moves a generator's output by ~1e-3.
+    Process-wide; set when fp32 is asked for on a CUDA device (the default there is fp16)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def fast_cpu_kernels() -> bool:
