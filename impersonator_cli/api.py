@@ -230,8 +230,8 @@ class Impersonator:
         with self.tuned(personalize is not None):
             if personalize is not None:
                 index, rgb = _first_person_frame(source, motion)
-                notes += _tuning_notes(self._personalize_swap(prepare_frame(rgb, motion.thetas[index].astype(np.float64)),
-                                                              ref, personalize, front_warp, None))
+                first = prepare_frame(rgb, motion.thetas[index].astype(np.float64))
+                notes += _tuning_notes(self._personalize_swap(first, ref, personalize, front_warp, None))
             ref_feats = self._encode([ref])[0]
             with VideoWriter(output, motion.fps, audio_from=source,
                              audio_duration=float(motion.frame_count / motion.fps), overwrite=overwrite) as writer, \

@@ -263,5 +263,6 @@ def bench(
         table.add_row(str(r["size"]), r["stage"], ms, fps)
     bounds = [f"{r['size']}²: {r['gmac']:.1f} GMAC a frame, matmul {r['matmul_gmacs']:.0f} GMAC/s"
               for r in rows if "gmac" in r]
-    table.caption = "at the matmul rate = multiply-adds of the transfer (as run) / matrix-multiply rate; " + "; ".join(bounds)
+    table.caption = ("at the matmul rate = multiply-adds of the transfer (as run) / matrix-multiply rate; "
+                     + "; ".join(bounds))
     Console().print(table)
