@@ -143,8 +143,9 @@ class Impersonator:
     def imitate(self, sources: Sequence[PathLike | PreparedSource], driver: PathLike, output: PathLike, *,
                 options: ImitateOptions = ImitateOptions(), overwrite: bool = False,
                 progress: Progress | None = None, personalize: PersonalizeOptions | None = None,
-                **source_kw) -> JobResult:
-        """The source person(s) perform the driver's motion; writes a video at the driver's frame rate."""
+                tune_progress: Progress | None = None, **source_kw) -> JobResult:
+        """The source person(s) perform the driver's motion; writes a video at the driver's frame rate.
+        `progress` counts frames written; `tune_progress` counts personalization steps."""
         output = _output_path(output, overwrite, VIDEO_SUFFIXES)
         driver = _existing(driver, "driver")
         prepared = [s if isinstance(s, PreparedSource) else self.prepare(s, **source_kw) for s in sources]
@@ -155,7 +156,7 @@ class Impersonator:
         with self.tuned(personalize is not None):
             if personalize is not None:
                 cams, poses = driving_bodies(prepared[0], motion, options)
-                notes += _tuning_notes(self.personalize(prepared[0], personalize, cams, poses))
+                notes += _tuning_notes(self.personalize(prepared[0], personalize, cams, poses, tune_progress))
             feats = self._encode(prepared)
             result = write_imitation(self.body, self.synth, prepared, feats, driver, motion, output, self.size,
                                      options, overwrite, progress)
@@ -168,15 +169,19 @@ class Impersonator:
     def swap(self, source: PathLike | PreparedSource, reference: PathLike | PreparedSource, output: PathLike, *,
              parts: str | Sequence[str] = "body", front_warp: bool = False, overwrite: bool = False,
              reference_smpl: PathLike | None = None, progress: Progress | None = None,
-             personalize: PersonalizeOptions | None = None, **source_kw) -> JobResult:
+             personalize: PersonalizeOptions | None = None, tune_progress: Progress | None = None,
+             **source_kw) -> JobResult:
         """The source person wearing the reference person's `parts`: one image, or a video when the
         source is a video (its frame rate and audio kept). `personalize`: the official swap post-tune
         on the (source, reference) pair first (spec §5.3); for a source video the pair is its first
-        frame with a person and the reference, and the tuned generator renders every frame."""
+        frame with a person and the reference, and the tuned generator renders every frame.
+        `progress` counts a video's frames (a photo's tuning steps when `tune_progress` is None);
+        `tune_progress` counts personalization steps."""
         if not isinstance(source, PreparedSource) and is_video_path(source):
             return self._swap_video(_existing(source, "source video"), reference, output, parts=parts,
                                     front_warp=front_warp, overwrite=overwrite, reference_smpl=reference_smpl,
-                                    progress=progress, personalize=personalize, **source_kw)
+                                    progress=progress, personalize=personalize, tune_progress=tune_progress,
+                                    **source_kw)
         output = _output_path(output, overwrite, IMAGE_SUFFIXES)
         src = source if isinstance(source, PreparedSource) else self.prepare(source, **source_kw)
         ref_kw = {**source_kw, "smpl": reference_smpl}
@@ -184,7 +189,8 @@ class Impersonator:
         notes = []
         with self.tuned(personalize is not None):
             if personalize is not None:
-                notes += _tuning_notes(self._personalize_swap(src, ref, personalize, front_warp, progress))
+                notes += _tuning_notes(self._personalize_swap(src, ref, personalize, front_warp,
+                                                              progress if tune_progress is None else tune_progress))
             src_feats, ref_feats = self._encode([src, ref])
             image = swap_image(self.body, self.synth, src, ref, src_feats, ref_feats, parts, front_warp)
         write_image(output, to_uint8_frames(image)[0])
@@ -214,7 +220,7 @@ class Impersonator:
 
     def _swap_video(self, source: Path, reference, output: PathLike, *, parts, front_warp: bool, overwrite: bool,
                     reference_smpl, progress: Progress | None, personalize: PersonalizeOptions | None = None,
-                    **source_kw) -> JobResult:
+                    tune_progress: Progress | None = None, **source_kw) -> JobResult:
         """Swap on every frame of a source video: bodies by HMR tracking, the whole (letterboxed) frame."""
         output = _output_path(output, overwrite, VIDEO_SUFFIXES)
         kw = {k: v for k, v in source_kw.items() if k != "smpl"}
@@ -231,7 +237,7 @@ class Impersonator:
             if personalize is not None:
                 index, rgb = _first_person_frame(source, motion)
                 first = prepare_frame(rgb, motion.thetas[index].astype(np.float64))
-                notes += _tuning_notes(self._personalize_swap(first, ref, personalize, front_warp, None))
+                notes += _tuning_notes(self._personalize_swap(first, ref, personalize, front_warp, tune_progress))
             ref_feats = self._encode([ref])[0]
             with VideoWriter(output, motion.fps, audio_from=source,
                              audio_duration=float(motion.frame_count / motion.fps), overwrite=overwrite) as writer, \
@@ -251,8 +257,10 @@ class Impersonator:
                    yaw: Sequence[float] = (), pitch: Sequence[float] = (), tpose: bool = False,
                    fps: float = 25, batch_size: int = 4, front_warp: bool = False, crf: int = 18,
                    overwrite: bool = False, progress: Progress | None = None,
-                   personalize: PersonalizeOptions | None = None, **source_kw) -> JobResult:
-        """The source person from other viewpoints: an orbit video, or images at given yaw/pitch."""
+                   personalize: PersonalizeOptions | None = None, tune_progress: Progress | None = None,
+                   **source_kw) -> JobResult:
+        """The source person from other viewpoints: an orbit video, or images at given yaw/pitch.
+        `progress` counts frames written; `tune_progress` counts personalization steps."""
         output = _output_path(output, overwrite, VIDEO_SUFFIXES + IMAGE_SUFFIXES)
         angles = view_angles(frames, yaw, pitch)
         is_image = output.suffix.lower() in IMAGE_SUFFIXES
@@ -263,7 +271,7 @@ class Impersonator:
         notes = []
         with self.tuned(personalize is not None):
             if personalize is not None:
-                notes += _tuning_notes(self.personalize(src, personalize))
+                notes += _tuning_notes(self.personalize(src, personalize, progress=tune_progress))
             feats = self._encode([src])[0]
             batches = render_views(self.body, self.synth, src, feats, angles, self.size, batch_size, tpose,
                                    use_front_warp=front_warp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, Iterator, List, Optional
+from typing import Annotated, Iterator, List, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -34,13 +34,25 @@ CrfOpt = Annotated[int, typer.Option("--crf", help="H.264 quality (0 best .. 51 
 @contextlib.contextmanager
 def progress_bar(label: str, quiet: bool) -> Iterator:
     """A frame-counting progress bar on stderr; yields the API's progress(done, total) callback."""
+    with progress_bars([label], quiet) as (callback,):
+        yield callback
+
+
+@contextlib.contextmanager
+def progress_bars(labels: Sequence[str], quiet: bool) -> Iterator[list]:
+    """One progress bar per phase of a job (e.g. personalize, then imitate), shown together on
+    stderr; yields their progress(done, total) callbacks, or Nones when quiet."""
     if quiet:
-        yield None
+        yield [None] * len(labels)
         return
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+        tasks = [bar.add_task(label, total=None) for label in labels]
+        yield [lambda done, total, task=task: bar.update(task, completed=done, total=total) for task in tasks]
+
+
+def _phases(job: str, tuning) -> list[str]:
+    return ["personalize", job] if tuning is not None else [job]
 
 
 def report(result, json_out: bool, quiet: bool) -> None:
@@ -118,9 +130,9 @@ def imitate(
                 for i, s in enumerate(source)]
     options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=front_warp, layout=layout, frame=frame,
                              start=start, duration=duration, max_frames=max_frames, crf=crf, audio=audio, audio_file=audio_file)
-    with progress_bar("imitate", quiet) as progress:
-        result = imp.imitate(prepared, driver, output, options=options, overwrite=overwrite, progress=progress,
-                             personalize=tuning)
+    with progress_bars(_phases("imitate", tuning), quiet) as bars:
+        result = imp.imitate(prepared, driver, output, options=options, overwrite=overwrite, progress=bars[-1],
+                             personalize=tuning, tune_progress=bars[0])
     report(result, json_out, quiet)
 
 
@@ -159,9 +171,9 @@ def swap(
     kw = dict(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
     ref = imp.prepare(reference, smpl=reference_smpl, **kw)
     if is_video_path(source):  # a video source gives a video (frame rate and audio kept)
-        with progress_bar("swap", quiet) as progress:
+        with progress_bars(_phases("swap", tuning), quiet) as bars:
             result = imp.swap(source, ref, output, parts=part, front_warp=front_warp, overwrite=overwrite,
-                              progress=progress, personalize=tuning, **kw)
+                              progress=bars[-1], personalize=tuning, tune_progress=bars[0], **kw)
     else:
         src = imp.prepare(source, smpl=source_smpl, **kw)
         with progress_bar("personalize", quiet or tuning is None) as progress:
@@ -203,10 +215,10 @@ def novelview(
     tuning = _tuning(personalize, personalize_steps, personalize_seconds)
     imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
     src = imp.prepare(source, smpl=source_smpl, crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
-    with progress_bar("novelview", quiet) as progress:
+    with progress_bars(_phases("novelview", tuning), quiet) as bars:
         result = imp.novel_view(src, output, frames=frames, yaw=yaw or (), pitch=pitch or (), tpose=tpose, fps=fps,
                                 batch_size=batch_size, front_warp=front_warp, crf=crf, overwrite=overwrite,
-                                progress=progress, personalize=tuning)
+                                progress=bars[-1], personalize=tuning, tune_progress=bars[0])
     report(result, json_out, quiet)
 
 

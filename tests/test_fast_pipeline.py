@@ -68,10 +68,13 @@ def test_personalized_job_restores_the_generator(world):
     imp, src, files, folder = world
     gen = imp.synth.generator
     before = {k: v.clone() for k, v in gen.state_dict().items()}
+    steps, frames = [], []
     imp.imitate([src], files.motion, folder / "tuned.mp4", overwrite=True,
-                personalize=PersonalizeOptions(steps=1, cache=False, use_face=False))
+                personalize=PersonalizeOptions(steps=1, cache=False, use_face=False),
+                tune_progress=lambda *a: steps.append(a), progress=lambda *a: frames.append(a))
     after = gen.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert steps == [(1, 1)] and frames[-1] == (6, 6)  # each phase reports to its own callback
 
 
 
