@@ -6,7 +6,10 @@ does not depend on the values), and bodies are the mannequin's. Numbers are medi
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -143,12 +146,82 @@ def _end_to_end(size: int, frames: int, batch: int, device: str, precision: str)
 
 
 def run_bench(sizes=(256, 512), batch: int = 4, frames: int = 16, device: str = "auto",
-              precision: str = "auto", repeats: int = 3) -> list[dict]:
-    """Rows of {size, stage, ms} per stage and {size, stage, fps} end to end."""
+              precision: str = "auto", repeats: int = 3, memory: bool = False) -> list[dict]:
+    """Rows of {size, stage, ms} per stage and {size, stage, fps} end to end; with `memory`, also
+    {size, stage, peak_mb} rows from :func:`memory_rows`."""
     runtime = resolve_runtime(device, precision)
     rows = []
     for size in sizes:
         rows += _stage_rows(size, batch, runtime.device, runtime.dtype, repeats)
         for label, fps in _end_to_end(size, frames, batch, str(runtime.device), runtime.precision).items():
             rows.append({"size": size, "stage": label, "fps": fps})
+        if memory:
+            rows += memory_rows(size, frames, batch, str(runtime.device), runtime.precision)
     return rows
+
+
+def memory_rows(size: int, frames: int, batch: int, device: str, precision: str,
+                generators: tuple[str, ...] = ("full-width", "none")) -> list[dict]:
+    """Peak memory of whole imitations from a saved motion, for a short driver (`frames`) and one
+    4x longer, each in a fresh process (peak RSS; on CUDA also the peak of tensors on the GPU).
+    Memory that stays flat with video length gives about the same peak for both."""
+    from .checkpoints import save_safetensors
+    from .demo import build_demo
+    from .gan.generator import LiquidWarpingGenerator
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = build_demo(Path(tmp), size=size, frames=4 * frames)
+        for generator in generators:
+            if generator == "full-width":
+                generator = str(save_safetensors(LiquidWarpingGenerator().state_dict(), Path(tmp) / "gen.safetensors",
+                                                 {"conv_dim": 64, "repeat_num": 6}))
+            label = "warp-only" if generator == "none" else "LWB generator"
+            for n in (frames, 4 * frames):
+                job = [str(files.weights_dir), str(files.source), str(files.source_smpl), str(files.motion),
+                       generator, size, n, batch, device, precision, str(Path(tmp) / "out.mp4")]
+                peak = _in_fresh_process(job)
+                rows.append({"size": size, "stage": f"peak memory, {label}, {n} frames", **peak})
+    return rows
+
+
+def _in_fresh_process(job: list) -> dict:
+    code = ("import json, sys; from impersonator_cli.bench import peak_memory_job; "
+            "print(json.dumps(peak_memory_job(*json.loads(sys.argv[1]))))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(job)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the memory benchmark's imitation failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux: VmHWM, which starts afresh at exec; getrusage's
+    maxrss would carry the forking parent's peak into a child."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2 ** 20
+
+
+def peak_memory_job(weights_dir: str, source: str, source_smpl: str, motion: str, generator: str, size: int,
+                    frames: int, batch: int, device: str, precision: str, output: str) -> dict:
+    """One imitation of `frames` frames in this process: {peak_mb (RSS), cuda_peak_mb on CUDA}."""
+    from .api import Impersonator
+    from .imitate import ImitateOptions
+
+    imp = Impersonator(weights_dir=weights_dir, device=device, precision=precision, generator=generator, size=size)
+    src = imp.prepare(source, smpl=source_smpl, crop="full")
+    result = imp.imitate([src], motion, output, options=ImitateOptions(batch_size=batch, max_frames=frames),
+                         overwrite=True)
+    if result.frames != frames:
+        raise RuntimeError(f"imitated {result.frames} frames, not {frames}")
+    peak = {"peak_mb": _peak_rss_mb()}
+    if imp.runtime.device.type == "cuda":
+        peak["cuda_peak_mb"] = torch.cuda.max_memory_allocated(imp.runtime.device) / 2 ** 20
+    return peak

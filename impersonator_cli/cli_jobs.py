@@ -247,6 +247,7 @@ def bench(
     batch_size: BatchOpt = 4,
     frames: Annotated[int, typer.Option("--frames", help="Frames of the end-to-end runs.")] = 16,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per stage (median).")] = 3,
+    memory: Annotated[bool, typer.Option("--memory", help="Also the peak memory of whole imitations, a driver of --frames frames and one 4x longer (fresh processes; takes minutes).")] = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     json_out: JsonOpt = False,
@@ -258,7 +259,7 @@ def bench(
     from .bench import run_bench
 
     rows = run_bench(sizes=tuple(size or (256, 512)), batch=batch_size, frames=frames, device=device,
-                     precision=precision, repeats=repeats)
+                     precision=precision, repeats=repeats, memory=memory)
     if json_out:
         print(json.dumps(rows, indent=2))
         return
@@ -267,12 +268,15 @@ def bench(
     runtime = resolve_runtime(device, precision)
     table = Table(title=f"impersonate bench (batch {batch_size}, {runtime.device}, {runtime.precision}, "
                         f"{torch.get_num_threads()} threads)")
-    for col in ("size", "stage", "ms / item", "frames / s"):
+    for col in ("size", "stage", "ms / item", "frames / s", "peak MB"):
         table.add_column(col, justify="right" if col != "stage" else "left")
     for r in rows:
         ms = f"{r['ms']:.1f}" if "ms" in r else ""
-        fps = f"{r['fps']:.2f}" if "fps" in r else f"{1000 / r['ms']:.1f}"
-        table.add_row(str(r["size"]), r["stage"], ms, fps)
+        fps = f"{r['fps']:.2f}" if "fps" in r else f"{1000 / r['ms']:.1f}" if "ms" in r else ""
+        peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else ""
+        if "cuda_peak_mb" in r:
+            peak += f" (GPU {r['cuda_peak_mb']:.0f})"
+        table.add_row(str(r["size"]), r["stage"], ms, fps, peak)
     bounds = [f"{r['size']}²: {r['gmac']:.1f} GMAC a frame, matmul {r['matmul_gmacs']:.0f} GMAC/s"
               for r in rows if "gmac" in r]
     table.caption = ("at the matmul rate = multiply-adds of the transfer (as run) / matrix-multiply rate; "
