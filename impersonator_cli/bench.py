@@ -122,16 +122,13 @@ def _end_to_end(size: int, frames: int, batch: int, device: str, precision: str)
     """Imitation from a saved motion with a full-width random generator and the warp-only path,
     timed after a one-batch warm-up (filter transforms, allocator, thread pools)."""
     from .api import Impersonator
-    from .checkpoints import save_safetensors
     from .demo import build_demo
-    from .gan.generator import LiquidWarpingGenerator
     from .imitate import ImitateOptions
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = build_demo(Path(tmp), size=size, frames=frames)
-        gen_path = save_safetensors(LiquidWarpingGenerator().state_dict(), Path(tmp) / "gen.safetensors",
-                                    {"conv_dim": 64, "repeat_num": 6})
+        gen_path = _full_width_generator(Path(tmp))
         for label, generator in (("end-to-end, LWB generator", str(gen_path)), ("end-to-end, warp-only", "none")):
             imp = Impersonator(weights_dir=files.weights_dir, device=device, precision=precision,
                                generator=generator, size=size)
@@ -165,17 +162,14 @@ def memory_rows(size: int, frames: int, batch: int, device: str, precision: str,
     """Peak memory of whole imitations from a saved motion, for a short driver (`frames`) and one
     4x longer, each in a fresh process (peak RSS; on CUDA also the peak of tensors on the GPU).
     Memory that stays flat with video length gives about the same peak for both."""
-    from .checkpoints import save_safetensors
     from .demo import build_demo
-    from .gan.generator import LiquidWarpingGenerator
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = build_demo(Path(tmp), size=size, frames=4 * frames)
         for generator in generators:
             if generator == "full-width":
-                generator = str(save_safetensors(LiquidWarpingGenerator().state_dict(), Path(tmp) / "gen.safetensors",
-                                                 {"conv_dim": 64, "repeat_num": 6}))
+                generator = str(_full_width_generator(Path(tmp)))
             label = "warp-only" if generator == "none" else "LWB generator"
             for n in (frames, 4 * frames):
                 job = [str(files.weights_dir), str(files.source), str(files.source_smpl), str(files.motion),
@@ -183,6 +177,15 @@ def memory_rows(size: int, frames: int, batch: int, device: str, precision: str,
                 peak = _in_fresh_process(job)
                 rows.append({"size": size, "stage": f"peak memory, {label}, {n} frames", **peak})
     return rows
+
+
+def _full_width_generator(folder: Path) -> Path:
+    """A random generator of the official width (conv_dim 64, 6 res-blocks) saved into `folder`."""
+    from .checkpoints import save_safetensors
+    from .gan.generator import LiquidWarpingGenerator
+
+    return save_safetensors(LiquidWarpingGenerator().state_dict(), folder / "gen.safetensors",
+                            {"conv_dim": 64, "repeat_num": 6})
 
 
 def _in_fresh_process(job: list) -> dict:
