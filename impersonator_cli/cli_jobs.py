@@ -34,21 +34,22 @@ CrfOpt = Annotated[int, typer.Option("--crf", help="H.264 quality (0 best .. 51 
 @contextlib.contextmanager
 def progress_bar(label: str, quiet: bool) -> Iterator:
     """A frame-counting progress bar on stderr; yields the API's progress(done, total) callback."""
-    with progress_bars([label], quiet) as (callback,):
-        yield callback
+    with progress_bars([label], quiet) as bars:
+        yield bars[label]
 
 
 @contextlib.contextmanager
-def progress_bars(labels: Sequence[str], quiet: bool) -> Iterator[list]:
+def progress_bars(labels: Sequence[str], quiet: bool) -> Iterator[dict]:
     """One progress bar per phase of a job (e.g. personalize, then imitate), shown together on
-    stderr; yields their progress(done, total) callbacks, or Nones when quiet."""
+    stderr; yields {label: progress(done, total) callback}, the callbacks None when quiet."""
     if quiet:
-        yield [None] * len(labels)
+        yield dict.fromkeys(labels)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         tasks = [bar.add_task(label, total=None) for label in labels]
-        yield [lambda done, total, task=task: bar.update(task, completed=done, total=total) for task in tasks]
+        yield {label: lambda done, total, task=task: bar.update(task, completed=done, total=total)
+               for label, task in zip(labels, tasks)}
 
 
 def _phases(job: str, tuning) -> list[str]:
@@ -131,8 +132,8 @@ def imitate(
     options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=front_warp, layout=layout, frame=frame,
                              start=start, duration=duration, max_frames=max_frames, crf=crf, audio=audio, audio_file=audio_file)
     with progress_bars(_phases("imitate", tuning), quiet) as bars:
-        result = imp.imitate(prepared, driver, output, options=options, overwrite=overwrite, progress=bars[-1],
-                             personalize=tuning, tune_progress=bars[0])
+        result = imp.imitate(prepared, driver, output, options=options, overwrite=overwrite, progress=bars["imitate"],
+                             personalize=tuning, tune_progress=bars.get("personalize"))
     report(result, json_out, quiet)
 
 
@@ -173,7 +174,8 @@ def swap(
     if is_video_path(source):  # a video source gives a video (frame rate and audio kept)
         with progress_bars(_phases("swap", tuning), quiet) as bars:
             result = imp.swap(source, ref, output, parts=part, front_warp=front_warp, overwrite=overwrite,
-                              progress=bars[-1], personalize=tuning, tune_progress=bars[0], **kw)
+                              progress=bars["swap"], personalize=tuning, tune_progress=bars.get("personalize"),
+                              **kw)
     else:
         src = imp.prepare(source, smpl=source_smpl, **kw)
         with progress_bar("personalize", quiet or tuning is None) as progress:
@@ -218,7 +220,8 @@ def novelview(
     with progress_bars(_phases("novelview", tuning), quiet) as bars:
         result = imp.novel_view(src, output, frames=frames, yaw=yaw or (), pitch=pitch or (), tpose=tpose, fps=fps,
                                 batch_size=batch_size, front_warp=front_warp, crf=crf, overwrite=overwrite,
-                                progress=bars[-1], personalize=tuning, tune_progress=bars[0])
+                                progress=bars["novelview"], personalize=tuning,
+                                tune_progress=bars.get("personalize"))
     report(result, json_out, quiet)
 
 
