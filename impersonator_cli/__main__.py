@@ -1,6 +1,6 @@
 """`python -m impersonator_cli` runs the same CLI as the `impersonate` console script."""
 
-from impersonator_cli.cli import main
+from impersonator_cli.cli.app import main
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ import torch
 
 from impersonator_cli.errors import EnvironmentProblem, UsageError
 from impersonator_cli.render.backends import nmr_available, rasterize_nmr, select_rasterizer
-from impersonator_cli.render.bench import synthetic_body
+from support.render_bench import synthetic_body
 from impersonator_cli.render.rasterize import face_vertices, rasterize
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from impersonator_cli.bench import run_bench
+from impersonator_cli.demo.bench import run_bench
 
 
 def test_bench_times_every_stage_and_both_end_to_end_paths():
@@ -25,7 +25,7 @@ def test_bench_times_every_stage_and_both_end_to_end_paths():
 def test_compute_bound_counts_the_multiply_adds_of_a_known_convolution():
     import torch
 
-    from impersonator_cli.bench import compute_bound
+    from impersonator_cli.demo.bench import compute_bound
 
     x, w = torch.randn(2, 16, 32, 32), torch.randn(8, 16, 3, 3)
     row = compute_bound(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2, torch.device("cpu"),
@@ -35,7 +35,7 @@ def test_compute_bound_counts_the_multiply_adds_of_a_known_convolution():
 
 
 def test_peak_memory_stays_flat_with_video_length():
-    from impersonator_cli.bench import memory_rows
+    from impersonator_cli.demo.bench import memory_rows
 
     rows = memory_rows(256, 50, 2, "cpu", "fp32", generators=("none",))
     assert [r["stage"] for r in rows] == ["peak memory, warp-only, 50 frames", "peak memory, warp-only, 200 frames"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from impersonator_cli.body import camera
+from impersonator_cli.body import camera, rotation
 from impersonator_cli.errors import UsageError
 
 D = torch.float64
@@ -91,12 +91,12 @@ def test_euler_rotations_by_hand():
     for angles, expected in (((h, 0, 0), rx), ((0, h, 0), ry), ((0, 0, h), rz),
                              ((h, h, 0), [[0, 1, 0], [0, 0, -1], [-1, 0, 0]]),
                              ((h, h, h), [[0, 0, 1], [0, 1, 0], [-1, 0, 0]])):
-        got = camera.euler_to_matrix(*angles, dtype=D)
+        got = rotation.euler_to_matrix(*angles, dtype=D)
         assert torch.allclose(got, torch.tensor(expected, dtype=D), atol=1e-15), angles
 
 
 def test_rotation_applied_to_row_vectors():
-    rz = camera.euler_to_matrix(0, 0, math.pi / 2, dtype=D)
+    rz = rotation.euler_to_matrix(0, 0, math.pi / 2, dtype=D)
     v = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]], dtype=D)
     t = torch.tensor([0.5, 0.0, -1.0], dtype=D)
     out = camera.rotate_vertices(v, rz, t)  # V R + t: (1,0,0) R = first row of R
@@ -108,7 +108,7 @@ def test_rotation_preserves_edge_lengths():
     g = torch.Generator().manual_seed(3)
     verts = torch.randn(2, 50, 3, generator=g, dtype=D)
     edges = torch.randint(0, 50, (80, 2), generator=g)
-    rot = camera.euler_to_matrix(0.3, -1.1, 2.0, dtype=D)
+    rot = rotation.euler_to_matrix(0.3, -1.1, 2.0, dtype=D)
     assert torch.allclose(rot @ rot.T, torch.eye(3, dtype=D), atol=1e-14)
     assert torch.isclose(torch.linalg.det(rot), torch.tensor(1.0, dtype=D))
     moved = camera.rotate_vertices(verts, rot, torch.tensor([1.0, -2.0, 0.5], dtype=D))

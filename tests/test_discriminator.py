@@ -8,15 +8,11 @@ from importlib import resources
 import torch
 import torch.nn.functional as F
 
-from impersonator_cli.gan.discriminator import (
-    GlobalLocalDiscriminator,
-    PatchDiscriminator,
-    crop_resize,
-)
+from impersonator_cli.gan.discriminator import GlobalLocalDiscriminator, PatchDiscriminator, crop_resize
 
 
 def _manifest() -> dict:
-    text = resources.files("impersonator_cli").joinpath("data/official_state_dicts.json").read_text()
+    text = resources.files("impersonator_cli.weights").joinpath("official_state_dicts.json").read_text()
     return json.loads(text)
 
 

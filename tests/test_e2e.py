@@ -1,4 +1,7 @@
-"""End to end through the real CLI (subprocesses, real exit codes) on the mannequin world."""
+"""End to end through the CLI's real entry point on the shared mannequin world (conftest's
+`demo_world`). Jobs run in-process (`impersonator_cli.cli.main`: real exit codes, stdout and stderr);
+only the process-level subjects start a subprocess: Ctrl-C on a running job and the example batch
+script."""
 
 from __future__ import annotations
 
@@ -15,19 +18,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e2e_world import FRAMES, build_world
-from impersonator_cli.images import read_image, write_image
-from impersonator_cli.video import probe, read_frames
+from support.cli import run_cli
+from support.e2e_world import FRAMES
+from impersonator_cli.io.images import read_image, write_image
+from impersonator_cli.io.video import probe, read_frames
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp("world"))
+@pytest.fixture
+def world(demo_world):
+    return demo_world
 
 
-def cli(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "impersonator_cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
+@pytest.fixture
+def cli(capsys):
+    """cli(*args) -> returncode, stdout, stderr of `impersonate *args`, run in this process."""
+    return lambda *args: run_cli(capsys, *args)
 
 
 def imitate_args(world, out, *extra, driver=None):
@@ -41,7 +46,7 @@ def frames_of(path):
         return np.stack(list(src))
 
 
-def test_imitate_from_motion_keeps_count_fps_and_audio(world, tmp_path):
+def test_imitate_from_motion_keeps_count_fps_and_audio(world, cli, tmp_path):
     out = tmp_path / "out.mp4"
     res = cli(*imitate_args(world, out, "--generator", "none", "--audio-file", world.files.driver, "--json"))
     assert res.returncode == 0, res.stderr
@@ -52,7 +57,8 @@ def test_imitate_from_motion_keeps_count_fps_and_audio(world, tmp_path):
     assert '"frames": 8' in res.stdout
 
 
-def test_driver_as_video_frames_folder_and_motion_file_agree(world, tmp_path):
+@pytest.mark.slow
+def test_driver_as_video_frames_folder_and_motion_file_agree(world, cli, tmp_path):
     f = world.files
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -75,7 +81,7 @@ def test_driver_as_video_frames_folder_and_motion_file_agree(world, tmp_path):
     assert probe(outs["folder"]).fps == Fraction(25)  # a frame folder plays at the default rate
 
 
-def test_side_by_side_doubles_the_width_and_keeps_the_driver_audio(world, tmp_path):
+def test_side_by_side_doubles_the_width_and_keeps_the_driver_audio(world, cli, tmp_path):
     out = tmp_path / "sbs.mp4"
     res = cli(*imitate_args(world, out, "--generator", "none", "--layout", "side-by-side", driver=world.files.driver))
     assert res.returncode == 0, res.stderr
@@ -83,15 +89,27 @@ def test_side_by_side_doubles_the_width_and_keeps_the_driver_audio(world, tmp_pa
     assert (info.width, info.height) == (512, 256) and info.frame_count == FRAMES and info.has_audio
 
 
-def test_lwb_generator_end_to_end(world, tmp_path):
-    out = tmp_path / "lwb.mp4"
+def test_lwb_generator_end_to_end(world, cli, tmp_path):
+    """The CLI's LWB job is the API's computation with that generator file, and not the warp-only
+    result: the random-weight generator's colour and attention maps replace the warped pixels."""
+    from impersonator_cli.api import ImitateOptions, Impersonator, SourceOptions
+
+    f = world.files
+    out, warp_only, api_out = tmp_path / "lwb.mp4", tmp_path / "warp.mp4", tmp_path / "api.mp4"
     res = cli(*imitate_args(world, out, "--generator", world.small_generator, "--max-frames", 4, "--batch-size", 3))
     assert res.returncode == 0, res.stderr
-    frames = frames_of(out)
-    assert len(frames) == 4 and frames.std() > 1  # a real (random-weight) synthesis, not a blank frame
+    res = cli(*imitate_args(world, warp_only, "--generator", "none", "--max-frames", 4, "--batch-size", 3))
+    assert res.returncode == 0, res.stderr
+    imp = Impersonator(weights_dir=f.weights_dir, device="cpu", generator=str(world.small_generator))
+    src = imp.prepare(f.source, smpl=f.source_smpl, options=SourceOptions(crop="full"))
+    imp.imitate([src], f.motion, api_out, options=ImitateOptions(max_frames=4, batch_size=3))
+    lwb, plain = frames_of(out), frames_of(warp_only)
+    assert lwb.shape == plain.shape == (4, 256, 256, 3)
+    assert np.array_equal(lwb, frames_of(api_out))  # same file, same inputs, same arithmetic
+    assert np.abs(lwb.astype(int) - plain).mean() > 10  # the generator's output, not the warped source
 
 
-def test_novelview_frame_count_and_single_view_image(world, tmp_path):
+def test_novelview_frame_count_and_single_view_image(world, cli, tmp_path):
     f = world.files
     common = ["-s", f.source, "--source-smpl", f.source_smpl, "--weights-dir", f.weights_dir, "--crop", "full",
               "--generator", "none", "--device", "cpu", "-q"]
@@ -105,7 +123,7 @@ def test_novelview_frame_count_and_single_view_image(world, tmp_path):
     assert bad.returncode == 2 and not (tmp_path / "two.png").exists()
 
 
-def test_swap_part_lists_change_only_their_parts(world, tmp_path):
+def test_swap_part_lists_change_only_their_parts(world, cli, tmp_path):
     f = world.files
     outs = {}
     for part in ("upper", "lower"):
@@ -115,7 +133,7 @@ def test_swap_part_lists_change_only_their_parts(world, tmp_path):
                   "full", "--generator", "none", "--device", "cpu", "-q")
         assert res.returncode == 0, res.stderr
     upper, lower, src = read_image(outs["upper"]), read_image(outs["lower"]), read_image(f.source)
-    from impersonator_cli.body.model import load_body_model
+    from impersonator_cli.pipeline.rig import load_body_model
     from impersonator_cli.render.body_view import view_body
     import torch
     from impersonator_cli.body.motion import load_motion
@@ -143,7 +161,7 @@ def _grow(mask, r=2):
 
 
 @pytest.mark.parametrize("kind", ["rgba", "16bit", "grey"])
-def test_odd_source_images_work(world, tmp_path, kind):
+def test_odd_source_images_work(world, cli, tmp_path, kind):
     import cv2
 
     f = world.files
@@ -164,8 +182,8 @@ def test_odd_source_images_work(world, tmp_path, kind):
     assert read_image(out).shape == (256, 256, 3)
 
 
-def test_one_frame_video_driver(world, tmp_path):
-    from impersonator_cli.video import VideoWriter
+def test_one_frame_video_driver(world, cli, tmp_path):
+    from impersonator_cli.io.video import VideoWriter
 
     one = tmp_path / "one.mp4"
     with VideoWriter(one, 30) as w:
@@ -176,7 +194,9 @@ def test_one_frame_video_driver(world, tmp_path):
     assert probe(out).frame_count == 1 and probe(out).fps == Fraction(30)
 
 
-def test_bad_inputs_fail_cleanly(world, tmp_path):
+def test_bad_inputs_fail_cleanly(world, cli, tmp_path, monkeypatch):
+    """Real failing jobs exit with the README's codes: 2 usage, 3 input, 4 weights, 5 output,
+    6 environment; no traceback, a short message, no output file."""
     f = world.files
     out = tmp_path / "out.mp4"
     cases = {
@@ -199,8 +219,15 @@ def test_bad_inputs_fail_cleanly(world, tmp_path):
     out.write_bytes(b"keep me")
     res = cli(*imitate_args(world, out, "--generator", "none"))
     assert res.returncode == 5 and out.read_bytes() == b"keep me"
+    out.unlink()
+    bad = cli(*imitate_args(world, out, "--generator", "none", "--personalize"))  # nothing to tune
+    assert bad.returncode == 2 and "generator" in bad.stderr and not out.exists(), bad.stderr
+    monkeypatch.setenv("IMPERSONATE_FFMPEG", str(tmp_path / "no-ffmpeg"))
+    res = cli(*imitate_args(world, out, "--generator", "none"))
+    assert res.returncode == 6 and "IMPERSONATE_FFMPEG" in res.stderr and not out.exists(), res.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_no_output(world, tmp_path):
     out = tmp_path / "long.mp4"
     args = imitate_args(world, out, "--generator", "none", "--batch-size", 1, "--layout", "side-by-side",
@@ -217,6 +244,7 @@ def test_ctrl_c_leaves_no_output(world, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".long")]
 
 
+@pytest.mark.slow
 def test_example_batch_script(world, tmp_path):
     f = world.files
     photos = tmp_path / "photos"
@@ -235,7 +263,8 @@ def test_example_batch_script(world, tmp_path):
     assert probe(tmp_path / "out" / "a.mp4").frame_count == 3
 
 
-def test_personalization_changes_the_result_and_is_cached(world, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_personalization_changes_the_result_and_is_cached(world, cli, tmp_path, monkeypatch):
     import json
 
     monkeypatch.setenv("IMPERSONATE_CACHE_DIR", str(tmp_path / "cache"))
@@ -251,13 +280,12 @@ def test_personalization_changes_the_result_and_is_cached(world, tmp_path, monke
     assert any("2 steps" in w for w in runs[0][1]) and any("cache" in w for w in runs[1][1])
     assert np.array_equal(runs[0][0], runs[1][0])  # the cached tuning gives the same video
     assert np.abs(runs[0][0].astype(int) - frames_of(plain)).mean() > 0.5  # tuning changed the generator
-    bad = cli(*imitate_args(world, tmp_path / "x.mp4", "--generator", "none", "--personalize"))
-    assert bad.returncode == 2 and "generator" in bad.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rotated", "vfr", "odd-size"])
-def test_odd_drivers_work(world, tmp_path, kind):
-    import media
+def test_odd_drivers_work(world, cli, tmp_path, kind):
+    from support import media as media
 
     driver = tmp_path / f"{kind}.mp4"
     if kind == "rotated":
@@ -277,7 +305,8 @@ def test_odd_drivers_work(world, tmp_path, kind):
     assert (result.width, result.height) == (512, 256) and result.has_audio == info.has_audio
 
 
-def test_swap_with_a_video_source_writes_a_video(world, tmp_path):
+@pytest.mark.slow
+def test_swap_with_a_video_source_writes_a_video(world, cli, tmp_path):
     f = world.files
     out = tmp_path / "swapped.mp4"
     res = cli("swap", "-s", f.driver, "-r", f.reference, "--reference-smpl", f.reference_smpl, "--part", "upper",
@@ -290,7 +319,8 @@ def test_swap_with_a_video_source_writes_a_video(world, tmp_path):
     assert np.abs(frames.astype(int) - original).mean() > 2  # clothes changed on every frame
 
 
-def test_demo_command_writes_viewable_results(tmp_path):
+@pytest.mark.slow
+def test_demo_command_writes_viewable_results(tmp_path, cli):
     out = tmp_path / "demo"
     res = cli("demo", "-o", out, "--frames", 6, "--device", "cpu", "--json", "-q")
     assert res.returncode == 0, res.stderr
@@ -307,7 +337,7 @@ def test_demo_command_writes_viewable_results(tmp_path):
     assert again.returncode == 5  # results exist: --overwrite required
 
 
-def test_frame_source_pastes_the_result_back_into_the_photo(world, tmp_path):
+def test_frame_source_pastes_the_result_back_into_the_photo(world, cli, tmp_path):
     f = world.files
     photo = read_image(f.source)
     wide = np.concatenate([photo[:, :40][:, ::-1], photo, photo[:, -60:][:, ::-1]], axis=1)  # 356 x 256
@@ -323,8 +353,8 @@ def test_frame_source_pastes_the_result_back_into_the_photo(world, tmp_path):
 
 def test_paste_back_inverts_the_crop_and_keeps_the_rest():
     from impersonator_cli.body.tracking import snap_box, square_crop
-    from impersonator_cli.images import resize_rgb
-    from impersonator_cli.source import paste_back
+    from impersonator_cli.io.images import resize_rgb
+    from impersonator_cli.pipeline.source import paste_back
 
     rng = np.random.default_rng(0)
     frame = (rng.random((90, 120, 3)) * 255).astype(np.uint8)

@@ -1,29 +1,30 @@
-"""`impersonate swap --personalize` end to end through the real CLI on the mannequin world."""
+"""`impersonate swap --personalize` end to end through the CLI's entry point (in-process) on the
+shared mannequin world."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from e2e_world import build_world
-from impersonator_cli.images import read_image
+from impersonator_cli.io.images import read_image
+from support.cli import run_cli
+
+pytestmark = pytest.mark.slow  # personalization runs the generator forwards and backwards
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp("world-swap-tune"))
+@pytest.fixture
+def world(demo_world):
+    return demo_world
 
 
-def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "impersonator_cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+@pytest.fixture
+def cli(capsys):
+    return lambda *args: run_cli(capsys, *args)
 
 
-def test_swap_personalize_tunes_on_the_pair_and_reports_it(world, tmp_path, monkeypatch):
+def test_swap_personalize_tunes_on_the_pair_and_reports_it(world, cli, tmp_path, monkeypatch):
     monkeypatch.setenv("IMPERSONATE_CACHE_DIR", str(tmp_path / "cache"))
     f = world.files
     common = ["swap", "-s", f.source, "--source-smpl", f.source_smpl, "-r", f.reference, "--reference-smpl",
@@ -40,8 +41,9 @@ def test_swap_personalize_tunes_on_the_pair_and_reports_it(world, tmp_path, monk
     assert diff > 0.5  # the tuned generator made another image
 
 
-def test_swap_personalize_with_a_source_video_tunes_once_and_renders_every_frame(world, tmp_path, monkeypatch):
-    from impersonator_cli.video import probe, read_frames
+def test_swap_personalize_with_a_source_video_tunes_once_and_renders_every_frame(world, cli, tmp_path,
+                                                                                 monkeypatch):
+    from impersonator_cli.io.video import probe, read_frames
 
     monkeypatch.setenv("IMPERSONATE_CACHE_DIR", str(tmp_path / "cache"))
     f = world.files

@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from impersonator_cli import metrics
-from impersonator_cli.body.model import load_body_model
-from impersonator_cli.body.mannequin import write_mannequin_assets
+from impersonator_cli.train import metrics
+from impersonator_cli.pipeline.rig import load_body_model
+from impersonator_cli.demo.mannequin_assets import write_mannequin_assets
 from impersonator_cli.errors import InputError
-from impersonator_cli.evaluate import (EvalReport, GeneratorPredictor, evaluate_self_imitation,
-                                       format_table, read_protocol, self_imitation_runs,
-                                       write_report)
+from impersonator_cli.train.evaluate import (
+    EvalReport, GeneratorPredictor, evaluate_self_imitation, format_table, read_protocol, self_imitation_runs,
+    write_report,
+)
 from impersonator_cli.gan.blocks import init_weights
-from impersonator_cli.gan.generator import LiquidWarpingGenerator
+from impersonator_cli.gan.generator import LiquidWarpingGenerator, Synthesis
 from impersonator_cli.train.dataset import load_video
 from test_train import make_mannequin_layout
 
@@ -147,9 +148,8 @@ def test_generator_predictor_warps_the_source_on_an_unchanged_pose(data):
     video = load_video(data / "data", "000/1/1")
 
     class Passthrough(LiquidWarpingGenerator):
-        def transfer(self, feats, tsf_in, T):
-            zeros = torch.zeros_like(tsf_in[:, :1])
-            return tsf_in[:, :3], zeros
+        def swap(self, tsf_in, feats_list, flows_list):
+            return Synthesis(tsf_in[:, :3], torch.zeros_like(tsf_in[:, :1]))
 
     G = Passthrough(conv_dim=8, repeat_num=1)
     from impersonator_cli.train.dataset import load_frame

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from impersonator_cli.api import Impersonator, PersonalizeOptions
-from impersonator_cli.checkpoints import save_safetensors
-from impersonator_cli.demo import build_demo
+from impersonator_cli.api import ImitateOptions, Impersonator, PersonalizeOptions, SourceOptions
+from impersonator_cli.weights.checkpoints import save_safetensors
+from impersonator_cli.demo.world import build_demo
 from impersonator_cli.gan.blocks import Conv2d, init_weights
 from impersonator_cli.gan.generator import LiquidWarpingGenerator
-from impersonator_cli.imitate import ImitateOptions
-from impersonator_cli.video import read_frames
+from impersonator_cli.io.video import read_frames
 
 SIZE = 256
 
@@ -27,7 +26,7 @@ def world(tmp_path_factory):
     path = save_safetensors(net.state_dict(), folder / "gen.safetensors",
                             {"arch": "ImpersonatorGenerator", "conv_dim": 32, "repeat_num": 2})
     imp = Impersonator(weights_dir=files.weights_dir, device="cpu", generator=str(path), size=SIZE)
-    src = imp.prepare(files.source, smpl=files.source_smpl, crop="full")
+    src = imp.prepare(files.source, smpl=files.source_smpl, options=SourceOptions(crop="full"))
     return imp, src, files, folder
 
 

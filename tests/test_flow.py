@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from impersonator_cli.errors import UsageError
-from impersonator_cli.flow import (condition_masks, dilate, erode, identity_grid,
-                                   multi_source_flows, novel_view_flow, p2verts_from_f2verts,
-                                   resize_flow, swap_flows, transformation_flow, warp)
-from impersonator_cli.render.bench import uv_sphere
+from impersonator_cli.render.flow import (
+    condition_masks, dilate, erode, identity_grid, multi_source_flows, p2verts_from_f2verts,
+    resize_flow, swap_flows, transformation_flow, warp,
+)
+from support.render_bench import uv_sphere
 from impersonator_cli.render.maps import MeshMaps
 from impersonator_cli.render.rasterize import face_vertices, rasterize
 
@@ -178,13 +179,6 @@ def test_part_names_and_groups():
     assert torch.equal(lower.src_part_mask, par[:, [2, 3, 6, 7]].sum(1, keepdim=True))
     with pytest.raises(UsageError, match="left_arm"):
         swap_flows(*args, "tail", maps.face_part, maps.part_names)
-
-
-def test_novel_view_flow_is_the_transformation_flow():
-    f2v_src, _ = _pose(0.0)
-    _, new = _pose(40.0)
-    p2 = p2verts_from_f2verts(f2v_src)
-    assert torch.equal(novel_view_flow(p2, new), transformation_flow(p2, new))
 
 
 def test_front_and_back_sources_cover_more_of_a_turned_target():

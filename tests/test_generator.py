@@ -11,18 +11,15 @@ import torch.nn.functional as F
 
 from impersonator_cli.gan.blocks import init_weights
 from impersonator_cli.gan.generator import (
-    LiquidWarpingGenerator,
-    ResUnetGenerator,
-    SourceFeatures,
-    compose,
-    lwb_warp,
+    LiquidWarpingGenerator, ResUnetGenerator, SourceFeatures, compose, lwb_warp,
 )
+from support.fp import gamma, network_tolerance
 
 S = 32  # image size for the small nets (divisible by 2**n_down)
 
 
 def _manifest() -> dict:
-    text = resources.files("impersonator_cli").joinpath("data/official_state_dicts.json").read_text()
+    text = resources.files("impersonator_cli.weights").joinpath("official_state_dicts.json").read_text()
     return json.loads(text)
 
 
@@ -56,6 +53,13 @@ def gen(request) -> LiquidWarpingGenerator:
                 p.copy_(1.0 + 0.3 * torch.randn_like(p) if name.endswith("weight") else
                         0.2 * torch.randn_like(p))
     return g
+
+
+@pytest.fixture(scope="module")
+def tol(gen) -> float:
+    """How far two float32 evaluations of the same outputs (|.| <= 1: tanh, sigmoid) may differ when
+    their sums run in other orders: support/fp.py's network error model (about 2e-3 here)."""
+    return network_tolerance(gen)
 
 
 def _inputs(b: int, seed: int):
@@ -142,7 +146,12 @@ def test_grid_sample_convention_is_align_corners_true():
 def test_warp_at_identity_reproduces_features_after_flow_resize():
     f = torch.randn(2, 7, 8, 8)
     T = _identity_grid(2, 64, 64)  # resized 64 -> 8 with align_corners=True stays the identity
-    assert (lwb_warp(f, T) - f).abs().max() < 1e-5
+    # float32: the sampling position (linspace, a 2 x 2 resize, the pixel scaling: 8 roundings of
+    # values <= 1, times W - 1 = 7 pixels) is off by <= gamma_8 * 7 pixels in x and in y, which moves a
+    # bilinear sample by at most that times the largest neighbour difference; the 4-tap sum adds gamma_4.
+    step = max((f[..., 1:] - f[..., :-1]).abs().max(), (f[..., 1:, :] - f[..., :-1, :]).abs().max())
+    bound = 2 * gamma(8) * 7 * step + gamma(4) * f.abs().max()
+    assert (lwb_warp(f, T) - f).abs().max() <= bound
 
 
 def test_background_sentinel_gives_zero_features():
@@ -154,29 +163,29 @@ def test_background_sentinel_gives_zero_features():
 # --------------------------------------------------------------------------------- LWB inference
 
 @torch.no_grad()
-def test_infer_front_equals_lockstep_reference(gen):
+def test_infer_front_equals_lockstep_reference(gen, tol):
     src_in, tsf_in, T = _inputs(2, 1)
     ours = gen.infer_front(src_in, tsf_in, T)
     ref = _reference_infer_front(gen, src_in, tsf_in, T)
     for a, b in zip(ours, ref):
-        assert (a - b).abs().max() < 1e-5
+        assert (a - b).abs().max() < tol
     # and the fusion matters: without it the transfer stream gives something else
     plain = gen.tsf_model(gen.compute_layout(tsf_in))
-    assert (plain.color - ours.color_tsf).abs().max() > 1e-3
+    assert (plain.color - ours.color_tsf).abs().max() > 20 * tol
 
 
 @torch.no_grad()
-def test_encode_once_then_transfer_equals_full_forward(gen):
+def test_encode_once_then_transfer_equals_full_forward(gen, tol):
     src_in, tsf_in, T = _inputs(2, 2)
     bg_in = torch.rand(2, 4, S, S)
     full = gen(bg_in, src_in, tsf_in, T)
     feats = gen.encode_source(src_in)
     P, A = gen.transfer(feats, tsf_in, T)
-    assert (P - full.color_tsf).abs().max() < 1e-5
-    assert (A - full.attention_tsf).abs().max() < 1e-5
-    assert torch.allclose(gen.background(bg_in), full.background)
+    assert (P - full.color_tsf).abs().max() < tol
+    assert (A - full.attention_tsf).abs().max() < tol
+    assert torch.equal(gen.background(bg_in), full.background)  # the same computation
     assert len(feats.encoder) == 4 and len(feats.resnet) == 2 and len(feats.fused) == 5
-    assert torch.allclose(gen.decode_source(feats).color, full.color_src)
+    assert torch.equal(gen.decode_source(feats).color, full.color_src)
 
 
 @torch.no_grad()
@@ -199,11 +208,11 @@ def test_no_correspondence_reduces_to_plain_transfer_stream(gen):
     zero = SourceFeatures(tuple(map(torch.zeros_like, feats.encoder)),
                           tuple(map(torch.zeros_like, feats.resnet)))
     P0, _ = gen.transfer(zero, tsf_in, _identity_grid(1, S, S))
-    assert torch.allclose(P0, plain.color, atol=1e-6)
+    assert torch.equal(P0, plain.color)  # adding warped zeros is exact
 
 
 @torch.no_grad()
-def test_swap_is_additive_over_sources(gen):
+def test_swap_is_additive_over_sources(gen, tol):
     src_a, tsf_in, T_a = _inputs(1, 5)
     src_b, _, T_b = _inputs(1, 6)
     fa, fb = gen.encode_source(src_a), gen.encode_source(src_b)
@@ -214,28 +223,28 @@ def test_swap_is_additive_over_sources(gen):
     # order of the sources does not matter; a real second source does change the result
     ab = gen.swap(tsf_in, [fa, fb], [T_a, T_b])
     ba = gen.swap(tsf_in, [fb, fa], [T_b, T_a])
-    assert (ab.color - ba.color).abs().max() < 1e-5
-    assert (ab.color - one.color).abs().max() > 1e-3
+    assert (ab.color - ba.color).abs().max() < tol
+    assert (ab.color - one.color).abs().max() > 20 * tol
     # two sources == one source whose features are the warped sum, when both flows are identity
     ident = _identity_grid(1, S, S)
     summed = SourceFeatures(tuple(a + b for a, b in zip(fa.encoder, fb.encoder)),
                             tuple(a + b for a, b in zip(fa.resnet, fb.resnet)))
     assert (gen.swap(tsf_in, [fa, fb], [ident, ident]).color
-            - gen.transfer(summed, tsf_in, ident).color).abs().max() < 1e-5
+            - gen.transfer(summed, tsf_in, ident).color).abs().max() < tol
     with pytest.raises(ValueError):
         gen.swap(tsf_in, [fa], [T_a, T_b])
 
 
 @torch.no_grad()
-def test_batch_of_frames_with_broadcast_source_equals_per_frame(gen):
+def test_batch_of_frames_with_broadcast_source_equals_per_frame(gen, tol):
     src_in, _, _ = _inputs(1, 7)
     _, tsf_in, T = _inputs(3, 8)
     feats = gen.encode_source(src_in)
     batched = gen.transfer(feats, tsf_in, T)
     for i in range(3):
         single = gen.transfer(feats, tsf_in[i:i + 1], T[i:i + 1])
-        assert (batched.color[i] - single.color[0]).abs().max() < 1e-5
-        assert (batched.attention[i] - single.attention[0]).abs().max() < 1e-5
+        assert (batched.color[i] - single.color[0]).abs().max() < tol
+        assert (batched.attention[i] - single.attention[0]).abs().max() < tol
 
 
 def test_gradients_reach_the_source_stream_through_the_lwb(gen):

@@ -84,7 +84,7 @@ def test_fp16_autocast_stays_close_to_fp32_on_cuda():
 
 
 def _frames(path) -> np.ndarray:
-    from impersonator_cli.video import read_frames
+    from impersonator_cli.io.video import read_frames
 
     with read_frames(path) as frames:
         return np.stack(list(frames)).astype(np.int16)
@@ -92,10 +92,9 @@ def _frames(path) -> np.ndarray:
 
 @pytest.mark.gpu
 def test_imitation_on_cuda_gives_the_cpu_frames(tmp_path):
-    from impersonator_cli.api import Impersonator
-    from impersonator_cli.checkpoints import save_safetensors
-    from impersonator_cli.demo import build_demo
-    from impersonator_cli.imitate import ImitateOptions
+    from impersonator_cli.weights.checkpoints import save_safetensors
+    from impersonator_cli.demo.world import build_demo
+    from impersonator_cli.api import ImitateOptions, Impersonator, SourceOptions
 
     files = build_demo(tmp_path, size=SIZE, frames=6)
     torch.manual_seed(2)
@@ -106,7 +105,7 @@ def test_imitation_on_cuda_gives_the_cpu_frames(tmp_path):
     for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "fp16")):
         imp = Impersonator(weights_dir=files.weights_dir, device=device, precision=precision, generator=str(path),
                            size=SIZE)
-        src = imp.prepare(files.source, smpl=files.source_smpl, crop="full")
+        src = imp.prepare(files.source, smpl=files.source_smpl, options=SourceOptions(crop="full"))
         result = imp.imitate([src], files.motion, tmp_path / f"{device}-{precision}.mp4",
                              options=ImitateOptions(crf=0))
         out[device, precision] = _frames(result.output)
@@ -120,8 +119,8 @@ def test_imitation_on_cuda_gives_the_cpu_frames(tmp_path):
 
 @pytest.mark.gpu
 def test_nvenc_writes_a_video_that_decodes_to_the_frames(tmp_path):
-    from impersonator_cli.video import VideoWriter, probe
-    from impersonator_cli.video_probe import ffmpeg_info
+    from impersonator_cli.io.video import VideoWriter, probe
+    from impersonator_cli.io.probe import ffmpeg_info
 
     if not ffmpeg_info().h264_nvenc:
         pytest.skip("this ffmpeg has no h264_nvenc")

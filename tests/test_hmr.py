@@ -22,7 +22,7 @@ from impersonator_cli.body.hmr import HMR, load_hmr, preprocess, smpl_arrays_fro
 from impersonator_cli.errors import WeightsError
 
 MANIFEST = json.loads(
-    resources.files("impersonator_cli").joinpath("data/official_state_dicts.json").read_text()
+    resources.files("impersonator_cli.weights").joinpath("official_state_dicts.json").read_text()
 )
 
 

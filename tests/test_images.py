@@ -11,13 +11,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from impersonator_cli.errors import InputError, OutputError
-from impersonator_cli.images import (
-    exif_orientation,
-    is_image_path,
-    is_video_path,
-    read_image,
-    read_image_rgba,
-    write_image,
+from impersonator_cli.io.images import (
+    exif_orientation, is_image_path, is_video_path, read_image, read_image_rgba, write_image,
 )
 
 

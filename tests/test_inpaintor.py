@@ -11,17 +11,12 @@ import torch.nn.functional as F
 
 from impersonator_cli.gan.blocks import init_weights
 from impersonator_cli.gan.inpaintor import (
-    GatedConv,
-    GatedDeconv,
-    InpaintSANet,
-    SelfAttention,
-    attention_fast,
-    attention_reference,
+    GatedConv, GatedDeconv, InpaintSANet, SelfAttention, attention_fast, attention_reference,
 )
 
 
 def _manifest() -> dict:
-    text = resources.files("impersonator_cli").joinpath("data/official_state_dicts.json").read_text()
+    text = resources.files("impersonator_cli.weights").joinpath("official_state_dicts.json").read_text()
     return json.loads(text)
 
 

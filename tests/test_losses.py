@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from impersonator_cli.checkpoints import expected_shapes, save_safetensors
-from impersonator_cli.gan.losses import (FaceLoss, PerceptualLoss, Sphere20a, VGG19Features, crop_heads,
-                                         head_boxes, load_sphereface, load_vgg19, lsgan_d_loss, lsgan_g_loss,
-                                         mask_loss, tv_loss)
+from impersonator_cli.weights.checkpoints import expected_shapes, save_safetensors
+from impersonator_cli.gan.losses import (
+    FaceLoss, PerceptualLoss, Sphere20a, VGG19Features, crop_heads, head_boxes, load_sphereface, load_vgg19,
+    lsgan_d_loss, lsgan_g_loss, mask_loss, tv_loss,
+)
 
 # torchvision vgg19().features: conv indices (each followed by a ReLU) and max-pool indices.
 VGG_CONVS = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)

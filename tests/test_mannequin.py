@@ -10,8 +10,8 @@ import pytest
 import torch
 from smplx.lbs import lbs
 
-from impersonator_cli.body import mannequin as mq
-from impersonator_cli.body import mannequin_assets as ma
+from impersonator_cli.demo import mannequin as mq
+from impersonator_cli.demo import mannequin_assets as ma
 from impersonator_cli.body.arrays import NUM_FACES, NUM_VERTICES, SMPL_PARENTS
 
 
@@ -22,7 +22,7 @@ def arrays():
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    return mq.write_mannequin_assets(tmp_path_factory.mktemp("mannequin"))
+    return ma.write_mannequin_assets(tmp_path_factory.mktemp("mannequin"))
 
 
 def _edges(faces: np.ndarray) -> np.ndarray:
@@ -167,7 +167,7 @@ def test_determinism():
 
 
 def test_parts_and_face_regions(arrays):
-    parts = mq.mannequin_parts()
+    parts = ma.mannequin_parts()
     assert sorted(parts) == list(ma.PART_NAMES)
     all_faces = np.sort(np.concatenate(list(parts.values())))
     assert np.array_equal(all_faces, np.arange(NUM_FACES))
@@ -184,7 +184,7 @@ def test_parts_and_face_regions(arrays):
 
 
 def test_uv_layout(arrays):
-    vt, face_vt = mq.mannequin_uv()
+    vt, face_vt = ma.mannequin_uv()
     assert vt.min() >= 0 and vt.max() <= 1 and face_vt.max() < len(vt) > NUM_VERTICES
     mesh = mq.mannequin_mesh()
     u = vt[face_vt][..., 0].mean(1)
@@ -200,9 +200,9 @@ def test_uv_layout(arrays):
 
 
 def test_texture(arrays):
-    tex = mq.mannequin_texture(256)
+    tex = ma.mannequin_texture(256)
     assert tex.shape == (256, 256, 3) and tex.dtype == np.uint8
-    colours = mq.texture_colors_per_face(256)
+    colours = ma.texture_colors_per_face(256)
     ids = ma.face_part_ids()
     for k in range(10):
         match = np.all(colours[ids == k] == ma.PART_COLOURS[k], axis=1).mean()
@@ -241,5 +241,5 @@ def test_mapper_txt(assets):
     refs = np.array(refs)
     assert refs.min() >= 1 and refs[..., 0].max() <= 6890 and refs[..., 2].max() <= 6890
     assert refs[..., 1].max() <= counts["vt"]
-    vt, face_vt = mq.mannequin_uv()
+    vt, face_vt = ma.mannequin_uv()
     assert np.array_equal(refs[..., 1] - 1, face_vt)

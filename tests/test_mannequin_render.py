@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from impersonator_cli.flow import identity_grid, transformation_flow, warp
+from impersonator_cli.render.flow import identity_grid, transformation_flow, warp
 from impersonator_cli.render.body_view import view_body
 from impersonator_cli.render.texture import render_texture
 

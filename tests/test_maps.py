@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from impersonator_cli.errors import WeightsError
-from impersonator_cli.render.bench import uv_sphere
+from support.render_bench import uv_sphere
 from impersonator_cli.render.maps import MeshMaps, load_mesh_assets, parse_mapper
 from impersonator_cli.render.rasterize import face_vertices, rasterize
 

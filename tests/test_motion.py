@@ -11,16 +11,16 @@ import torch
 
 from impersonator_cli.body import motion as mo
 from impersonator_cli.body import smoothing
-from impersonator_cli.body.mannequin import mannequin_arrays
+from impersonator_cli.demo.mannequin import mannequin_arrays
 from impersonator_cli.body.smpl import SMPL
 from impersonator_cli.errors import InputError, OutputError
-from impersonator_cli.images import write_image
+from impersonator_cli.io.images import write_image
 
 try:
     from . import media
     from . import test_tracking as tt
 except ImportError:
-    import media
+    from support import media as media
     import test_tracking as tt
 
 

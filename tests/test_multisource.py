@@ -8,19 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from impersonator_cli.api import Impersonator
-from impersonator_cli.body.mannequin import write_mannequin_assets
-from impersonator_cli.body.model import load_body_model
+from impersonator_cli.api import Impersonator, SourceOptions
+from impersonator_cli.demo.mannequin_assets import write_mannequin_assets
+from impersonator_cli.pipeline.rig import load_body_model
 from impersonator_cli.body.motion import MotionData, save_motion
 from impersonator_cli.body.tracking import padded_frame_box
-from impersonator_cli.demo import (
-    MannequinPhotographer,
-    _rotvec_about_y_after_upright,
-    a_pose,
-)
-from impersonator_cli.images import read_image, write_image
+from impersonator_cli.body.rotation import upright_turned
+from impersonator_cli.demo.world import MannequinPhotographer, a_pose
+from impersonator_cli.io.images import read_image, write_image
 from impersonator_cli.render.body_view import view_body
-from impersonator_cli.video import read_frames
+from impersonator_cli.io.video import read_frames
 
 N = 256
 CAM = np.array([1.0, 0.0, 0.2])
@@ -28,7 +25,7 @@ CAM = np.array([1.0, 0.0, 0.2])
 
 def turned(yaw_deg):
     pose = a_pose(60)
-    pose[:3] = _rotvec_about_y_after_upright(math.radians(yaw_deg))
+    pose[:3] = upright_turned(math.radians(yaw_deg))
     return pose
 
 
@@ -56,7 +53,7 @@ def photos(tmp_path_factory):
 def test_front_and_back_sources_reproduce_a_turned_target_better(photos):
     root, body, files = photos
     imp = Impersonator(weights_dir=root / "assets", device="cpu", generator="none")
-    prep = {k: imp.prepare(files[k][0], smpl=files[k][1], crop="full", background="black") for k in ("front", "back")}
+    prep = {k: imp.prepare(files[k][0], smpl=files[k][1], options=SourceOptions(crop="full", background="black")) for k in ("front", "back")}
     truth = read_image(files["target"][0]).astype(float)
     theta = torch.from_numpy(np.concatenate([CAM, turned(160), np.zeros(10)])[None]).float()
     mask = view_body(body.smpl, theta[:, :3], theta[:, 3:75], theta[:, 75:], N).raster.foreground[0].numpy()

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from impersonator_cli.render import rasterize as R
-from impersonator_cli.render.bench import synthetic_body, uv_sphere
+from support.render_bench import synthetic_body, uv_sphere
 from impersonator_cli.render.rasterize import EYE_DISTANCE, face_vertices, rasterize
-from impersonator_cli.render.reference import rasterize_reference
+from support.render_reference import rasterize_reference
 
 
 def _compare(f2verts: torch.Tensor, size: int) -> tuple[float, float, int]:
@@ -188,7 +188,7 @@ def test_cuda_matches_cpu():
 
 
 def test_bench_render_reports_every_stage():
-    from impersonator_cli.render.bench import bench_render
+    from support.render_bench import bench_render
 
     out = bench_render(size=32, repeats=1)
     assert out["faces"] == 13776

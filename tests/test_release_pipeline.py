@@ -7,17 +7,15 @@ person), and full-width random generator and DeepFill checkpoints saved as DataP
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
+import pytest
 import torch
 
-from e2e_world import standing_theta
+from support.e2e_world import standing_theta
 from impersonator_cli.body.hmr import HMR
-from impersonator_cli.body.mannequin import mannequin_arrays
-from impersonator_cli.demo import build_demo
-from impersonator_cli.video import probe
-from official_ckpt import build_zip, checkpoints_members, pretrains_members, write_checkpoint
+from impersonator_cli.demo.mannequin import mannequin_arrays
+from impersonator_cli.io.video import probe
+from support.cli import run_cli
+from support.official_ckpt import build_zip, checkpoints_members, pretrains_members, write_checkpoint
 
 
 def _official_hmr(path):
@@ -30,9 +28,11 @@ def _official_hmr(path):
     return path
 
 
-def test_import_the_release_then_imitate_with_the_default_networks(tmp_path):
-    demo = build_demo(tmp_path / "demo", frames=3)
-    assets = {p.name: p for p in demo.weights_dir.iterdir()}
+@pytest.mark.slow  # full-width networks: a 100 MB generator, a DeepFill inpaintor, a ResNet-50
+def test_import_the_release_then_imitate_with_the_default_networks(demo_world, tmp_path, capsys, monkeypatch):
+    demo = demo_world.files
+    names = ("smpl_model.pkl", "smpl_faces.npy", "mapper.txt", "smpl_part_info.json", "front_facial.json", "head.json")
+    assets = {name: demo.weights_dir / name for name in names}
     hmr = _official_hmr(tmp_path / "hmr_tf2pt.pth")
     generator = tmp_path / "G.pth"
     write_checkpoint(generator, "generator", seed=1, module_prefix=True)
@@ -43,9 +43,10 @@ def test_import_the_release_then_imitate_with_the_default_networks(tmp_path):
                      checkpoints_members({"lwb_imper_fashion_place": generator}, deepfill, top="outputs/checkpoints"))
     weights = tmp_path / "weights"
 
+    monkeypatch.chdir(tmp_path)  # no ./weights folder to fall back on
+
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "impersonator_cli", *map(str, args)], capture_output=True,
-                              text=True, timeout=600, cwd=tmp_path)
+        return run_cli(capsys, *args)
 
     res = cli("weights", "import", pre, ckpt, "--weights-dir", weights)
     assert res.returncode == 0, res.stderr
@@ -54,7 +55,7 @@ def test_import_the_release_then_imitate_with_the_default_networks(tmp_path):
     # No --source-smpl: HMR recovers the source; no --generator: the default official generator;
     # backgrounds by the imported DeepFill inpaintor.
     res = cli("imitate", "-s", demo.source, "-d", demo.motion, "-o", out, "--weights-dir", weights,
-              "--device", "cpu", "--json", "-q")
+              "--device", "cpu", "--max-frames", 3, "--json", "-q")
     assert res.returncode == 0, res.stderr
     assert probe(out).frame_count == 3
     assert "Telea" not in res.stdout  # the DeepFill weights were used

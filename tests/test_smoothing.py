@@ -13,11 +13,7 @@ import pytest
 import torch
 
 from impersonator_cli.body.smoothing import (
-    axis_angle_to_quaternion,
-    quaternion_to_axis_angle,
-    smooth_cameras,
-    smooth_poses,
-    smooth_thetas,
+    axis_angle_to_quaternion, quaternion_to_axis_angle, smooth_cameras, smooth_poses, smooth_thetas,
 )
 from impersonator_cli.errors import UsageError
 

@@ -239,7 +239,7 @@ def test_source_c_npz(arrays, inputs, tmp_path):
 
 def test_buffers_match_the_official_checkpoint_layout(arrays):
     """hmr_tf2pt.pth's smpl.* entries load strictly into SMPL; faces/parents are not persisted."""
-    spec = json.loads(resources.files("impersonator_cli").joinpath("data/official_state_dicts.json")
+    spec = json.loads(resources.files("impersonator_cli.weights").joinpath("official_state_dicts.json")
                       .read_text())["hmr"]
     official = {k[len("smpl."):]: tuple(v) for k, v in spec.items() if k.startswith("smpl.")}
     model = SMPL(arrays)

@@ -14,7 +14,7 @@ import torch
 
 from impersonator_cli.body import camera
 from impersonator_cli.body import tracking as tr
-from impersonator_cli.body.mannequin import mannequin_arrays
+from impersonator_cli.demo.mannequin import mannequin_arrays
 from impersonator_cli.body.smpl import SMPL
 from impersonator_cli.errors import InputError
 

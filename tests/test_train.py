@@ -15,18 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from impersonator_cli.body.mannequin import (mannequin_arrays, mannequin_texture, mannequin_uv,
-                                             write_mannequin_assets)
-from impersonator_cli.body.model import load_body_model
+from impersonator_cli.demo.mannequin import mannequin_arrays
+from impersonator_cli.demo.mannequin_assets import mannequin_texture, mannequin_uv, write_mannequin_assets
+from impersonator_cli.pipeline.rig import load_body_model
 from impersonator_cli.body.smpl import SMPL
 from impersonator_cli.errors import InputError, WeightsError
-from impersonator_cli.flow import erode, identity_grid
+from impersonator_cli.render.flow import erode, identity_grid
 from impersonator_cli.gan.generator import LiquidWarpingGenerator
-from impersonator_cli.images import write_image
+from impersonator_cli.io.images import write_image
 from impersonator_cli.render.body_view import view_body
 from impersonator_cli.render.texture import face_corner_uv, render_texture
-from impersonator_cli.train.dataset import (EpochSampler, IPerDataset, InputBuilder, load_frame,
-                                            read_pose_shape, write_pose_shape)
+from impersonator_cli.train.dataset import (
+    EpochSampler, IPerDataset, InputBuilder, load_frame, read_pose_shape, write_pose_shape,
+)
 from impersonator_cli.train.run import train
 from impersonator_cli.train.trainer import LinearDecay, TrainConfig, Trainer
 
@@ -254,7 +255,7 @@ def test_build_layout_from_frames_and_motion_files(layout, tmp_path):
     from fractions import Fraction
 
     from impersonator_cli.body.motion import MotionData, save_motion
-    from impersonator_cli.images import read_image
+    from impersonator_cli.io.images import read_image
     from impersonator_cli.train.build_layout import build_layout
 
     src = IPerDataset(layout / "data", image_size=N).videos[0]

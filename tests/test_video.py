@@ -15,14 +15,15 @@ import cv2
 import numpy as np
 import pytest
 
-from impersonator_cli import video as V
+from impersonator_cli.io import probe as P
+from impersonator_cli.io import video as V
 from impersonator_cli.errors import EnvironmentProblem, InputError, OutputError, VideoDecodeError
-from impersonator_cli.images import write_image
+from impersonator_cli.io.images import write_image
 
 try:
     from . import media
 except ImportError:
-    import media
+    from support import media as media
 
 NTSC = Fraction(30000, 1001)
 
@@ -110,11 +111,11 @@ def test_dump_parser_reads_old_rotate_tag_and_display_matrix():
               displaymatrix: rotation of -90.00 degrees
             Stream #0:1(eng): Audio: aac (LC) (mp4a / 0x6134706D), 48000 Hz, stereo, fltp, 256 kb/s (default)
         """)
-    meta = V._meta_from_dump(old)
+    meta = P._meta_from_dump(old)
     assert (meta.codec, meta.pix_fmt, meta.coded_width, meta.coded_height) == ("h264", "yuv420p", 1920, 1080)
     assert meta.rotation == 90 and meta.has_audio
     tag_only = old.replace("displaymatrix: rotation of -90.00 degrees", "").replace(": 90", ": 270")
-    assert V._meta_from_dump(tag_only).rotation == 270
+    assert P._meta_from_dump(tag_only).rotation == 270
 
 
 def test_ffprobe_json_parser_matches_dump_parser():
@@ -125,10 +126,10 @@ def test_ffprobe_json_parser_matches_dump_parser():
          "tags": {"rotate": "90"}, "side_data_list": [{"side_data_type": "Display Matrix", "rotation": -90}]},
         {"codec_type": "audio", "codec_name": "aac"},
     ]}
-    meta = V._meta_from_ffprobe(data)
+    meta = P._meta_from_ffprobe(data)
     assert (meta.codec, meta.coded_width, meta.coded_height, meta.rotation, meta.has_audio) == (
         "h264", 1920, 1080, 90, True)
-    assert V._meta_from_ffprobe({"streams": [{"codec_type": "audio"}]}) is None
+    assert P._meta_from_ffprobe({"streams": [{"codec_type": "audio"}]}) is None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -303,7 +304,7 @@ def test_existing_output_untouched_on_failure(tmp_path):
 
 _SIGINT_CHILD = """
 import sys, time, numpy as np
-from impersonator_cli.video import VideoWriter
+from impersonator_cli.io.video import VideoWriter
 with VideoWriter(sys.argv[1], 30) as w:
     for i in range(100000):
         w.write(np.full((48, 64, 3), i % 256, np.uint8))

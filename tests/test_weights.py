@@ -13,13 +13,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from impersonator_cli import weights
-from impersonator_cli.checkpoints import (
+from impersonator_cli.weights import registry
+from impersonator_cli.weights import store as weights
+from impersonator_cli.weights.download import download
+from impersonator_cli.weights.checkpoints import (
     expected_shapes, load_config, load_converted, load_official_state_dict, save_safetensors,
 )
 from impersonator_cli.errors import UsageError, WeightsError
-from impersonator_cli.weights_cli import weights_app
-from official_ckpt import SPHEREFACE_FC6, write_checkpoint
+from impersonator_cli.cli.weights import weights_app
+from support.official_ckpt import SPHEREFACE_FC6, write_checkpoint
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -45,22 +47,22 @@ def clean_env(monkeypatch, tmp_path):
 
 
 def test_registry_rows_are_consistent():
-    names = [r.name for r in weights.REGISTRY]
+    names = [r.name for r in registry.REGISTRY]
     assert len(set(names)) == len(names)
-    local = [f for r in weights.REGISTRY for f in r.local_files]
+    local = [f for r in registry.REGISTRY for f in r.local_files]
     assert len(set(local)) == len(local), "two artefacts would overwrite each other's files"
-    assert weights.get(weights.DEFAULT_GENERATOR).required
-    for row in weights.REGISTRY:
+    assert registry.get(registry.DEFAULT_GENERATOR).required
+    for row in registry.REGISTRY:
         if row.is_network:
             assert row.local_name.endswith(".safetensors") and expected_shapes(row.section)
-    assert weights.get("smpl_model").licence_gated and "smpl.is.tue.mpg.de" in weights.get("smpl_model").licence
+    assert registry.get("smpl_model").licence_gated and "smpl.is.tue.mpg.de" in registry.get("smpl_model").licence
     # the VGG-19 table matches torchvision's parameter count (143,667,240)
     assert sum(int(torch.Size(s).numel()) for s in expected_shapes("vgg19").values()) == 143_667_240
 
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(WeightsError) as err:
-        weights.get("generator_xl")
+        registry.get("generator_xl")
     assert "generator_xl" in str(err.value) and "generator_fashion_place" in str(err.value)
     assert err.value.exit_code == 4
 
@@ -214,7 +216,7 @@ def test_download_offline_and_not_cached_is_a_clear_error(clean_env, monkeypatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     target = clean_env / "w"
     with pytest.raises(WeightsError) as err:
-        weights.download("someone/impersonate-weights", "v1.0", target)
+        download("someone/impersonate-weights", "v1.0", target)
     assert "not cached" in str(err.value) and "someone/impersonate-weights" in str(err.value)
     assert not [p for p in target.rglob("*") if p.is_file()], "a failed download left files behind"
 
@@ -222,7 +224,7 @@ def test_download_offline_and_not_cached_is_a_clear_error(clean_env, monkeypatch
 def test_download_refuses_moving_revisions(clean_env):
     for rev in ("main", "", "0123abc"):
         with pytest.raises(UsageError, match="commit hash or a release tag"):
-            weights.download("someone/impersonate-weights", rev, clean_env / "w")
+            download("someone/impersonate-weights", rev, clean_env / "w")
 
 
 def test_download_from_cache_checks_sha256_and_records(clean_env, monkeypatch):
@@ -232,7 +234,7 @@ def test_download_from_cache_checks_sha256_and_records(clean_env, monkeypatch):
     files["manifest.json"] = json.dumps(manifest).encode()
     _fake_hf_cache(clean_env / "hf_home", "someone/w", files)
     target = clean_env / "w"
-    report = weights.download("someone/w", "v1.0", target, names=["smpl_faces", "uv_mapper"])
+    report = download("someone/w", "v1.0", target, names=["smpl_faces", "uv_mapper"])
     assert report.commit == COMMIT and set(report.downloaded) == {"smpl_faces.npy", "mapper.txt"}
     assert (target / "mapper.txt").read_bytes() == b"mapper-bytes" and weights.verify(target).ok
     recorded = weights.read_manifest(target)
@@ -242,10 +244,10 @@ def test_download_from_cache_checks_sha256_and_records(clean_env, monkeypatch):
     snap = next((clean_env / "hf_home").rglob(f"snapshots/{COMMIT}"))
     (snap / "smpl_faces.npy").write_bytes(b"tampered")
     with pytest.raises(WeightsError, match="sha256"):
-        weights.download("someone/w", COMMIT, clean_env / "w2", names=["smpl_faces"])
+        download("someone/w", COMMIT, clean_env / "w2", names=["smpl_faces"])
     save_safetensors({"x": torch.zeros(2)}, snap / "generator_fashion_place", {"section": "generator"})
     with pytest.raises(WeightsError, match="official 'generator' layout"):
-        weights.download("someone/w", COMMIT, clean_env / "w2", names=["generator_fashion_place"])
+        download("someone/w", COMMIT, clean_env / "w2", names=["generator_fashion_place"])
     assert not (clean_env / "w2" / "smpl_faces.npy").exists()
 
 
@@ -258,13 +260,13 @@ def test_cli_list_on_empty_folder_says_what_is_missing_and_how(clean_env):
     result = CliRunner().invoke(weights_app, ["list", "--weights-dir", str(empty), "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == set(weights.NAMES) and all(r["state"] == "missing" for r in rows.values())
+    assert set(rows) == set(registry.NAMES) and all(r["state"] == "missing" for r in rows.values())
     assert "impersonate weights import pretrains.zip" in rows["hmr"]["how_to_get"]
     assert "vgg19-dcbb9e9d.pth" in rows["vgg19"]["how_to_get"]
     table = CliRunner().invoke(weights_app, ["list", "--weights-dir", str(empty)], env={"COLUMNS": "200"})
     assert table.exit_code == 0
     assert "Missing for inference: hmr" in table.stdout and "weights import" in table.stdout
-    assert weights.DEFAULT_GENERATOR in table.stdout
+    assert registry.DEFAULT_GENERATOR in table.stdout
 
 
 def test_doctor_rows(clean_env):

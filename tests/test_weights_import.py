@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from official_ckpt import (
+from support.official_ckpt import (
     build_zip, checkpoints_members, pretrains_members, scratch_dir, write_assets, write_checkpoint,
 )
 from typer.testing import CliRunner
 
-from impersonator_cli import weights
-from impersonator_cli.checkpoints import load_config, load_converted
+from impersonator_cli.weights import store as weights
+from impersonator_cli.weights.checkpoints import load_config, load_converted
 from impersonator_cli.errors import InputError, WeightsError
-from impersonator_cli.weights_cli import weights_app
-from impersonator_cli.weights_import import import_release, scan_source
+from impersonator_cli.cli.weights import weights_app
+from impersonator_cli.weights.importer import import_release, scan_source
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,13 @@ def _snapshot(folder: Path) -> dict[str, tuple]:
 def test_import_converts_every_network_exactly(imported, release):
     folder, report = imported
     for name, ref in release["refs"].items():
-        sd = load_converted(name, folder)
+        sd = load_converted(weights.resolve(name, folder))
         assert list(sd) == list(ref), name  # all official keys, in the official order
         assert all(torch.equal(sd[k], ref[k]) for k in ref), name
-    hmr = load_converted("hmr", folder)
+    hmr = load_converted(weights.resolve("hmr", folder))
     counters = [k for k in hmr if k.endswith("num_batches_tracked")]
     assert len(counters) == 49 and all(int(hmr[k]) == 0 for k in counters)
-    cfg = load_config("generator_fashion_place", folder)
+    cfg = load_config(weights.resolve("generator_fashion_place", folder))
     assert cfg["section"] == "generator" and cfg["conv_dim"] == 64 and cfg["repeat_num"] == 6
     assert cfg["source_sha256"] == weights.sha256_file(release["root"] / "gen.pth")
 

@@ -1,5 +1,5 @@
 """Camera math of the body stage: weak perspective, crop <-> frame cameras, imitation camera
-strategies and the rigid rotation used for novel views.
+strategies and the rigid motion used for novel views (rotation matrices: body/rotation.py).
 
 Conventions (spec §1.6): a camera is (s, tx, ty). A body point (x, y, z) maps to normalized image
 coordinates (X, Y) = s * (x + tx, y + ty), x to the right and **y downwards**, in [-1, 1] over the
@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import UsageError
+from impersonator_cli.errors import UsageError
 
 CAMERA_STRATEGIES = ("smooth", "source", "copy")
 
@@ -105,17 +105,6 @@ def drive_cameras(cam_src: torch.Tensor, cams_tgt: torch.Tensor, strategy: str) 
         return torch.cat([src[:, :1], src[:, 1:] + offset], dim=-1)
     raise UsageError(f"Unknown camera strategy '{strategy}'",
                      hint=f"Choose one of: {', '.join(CAMERA_STRATEGIES)}.")
-
-
-def euler_to_matrix(alpha: float, beta: float, gamma: float,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """R = Rz(gamma) Ry(beta) Rx(alpha), right-handed rotations about x, y, z (radians).  -> 3 x 3"""
-    ca, sa, cb, sb = math.cos(alpha), math.sin(alpha), math.cos(beta), math.sin(beta)
-    cg, sg = math.cos(gamma), math.sin(gamma)
-    rx = torch.tensor([[1, 0, 0], [0, ca, -sa], [0, sa, ca]], dtype=torch.float64)
-    ry = torch.tensor([[cb, 0, sb], [0, 1, 0], [-sb, 0, cb]], dtype=torch.float64)
-    rz = torch.tensor([[cg, -sg, 0], [sg, cg, 0], [0, 0, 1]], dtype=torch.float64)
-    return (rz @ ry @ rx).to(dtype)
 
 
 def rotate_vertices(verts: torch.Tensor, rot: torch.Tensor,

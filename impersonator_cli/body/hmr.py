@@ -1,7 +1,7 @@
 """HMR: the official body-mesh-recovery network (ResNet-50 v2 + iterative θ regressor).
 
 The module tree mirrors the official `hmr_tf2pt.pth` state dict key for key (see
-`data/official_state_dicts.json`, section `hmr`): `resnet.*` (a TF-slim pre-activation
+`weights/official_state_dicts.json`, section `hmr`): `resnet.*` (a TF-slim pre-activation
 ResNet-50 v2 converted to PyTorch), `smpl.*` (six SMPL arrays stored as buffers; the network
 does not use them, but a strict load requires them) and `regressor.*` (the 3-step iterative
 regressor). The network only predicts θ (B x 85); `smpl_arrays_from_hmr` hands the stored SMPL
@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import WeightsError
-from .arrays import NUM_BETAS, NUM_COCOPLUS, NUM_JOINTS, NUM_POSE_BASIS, NUM_VERTICES, SMPLArrays
+from impersonator_cli.errors import WeightsError
+from impersonator_cli.body.arrays import (
+    NUM_BETAS, NUM_COCOPLUS, NUM_JOINTS, NUM_POSE_BASIS, NUM_VERTICES, SMPLArrays,
+)
 
 IMAGE_SIZE = 224
 FEATURE_DIM = 2048

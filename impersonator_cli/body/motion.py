@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ..errors import InputError, OutputError
-from ..images import is_image_path, natural_key, reserve_partial_path
-from . import smoothing
-from .tracking import Progress, ThetaFn, TrackerConfig, hmr_theta_fn, track_frames
+from impersonator_cli.errors import InputError, OutputError
+from impersonator_cli.io.images import is_image_path, natural_key, reserve_partial_path
+from impersonator_cli.body import smoothing
+from impersonator_cli.body.tracking import Progress, ThetaFn, TrackerConfig, hmr_theta_fn, track_frames
 
 MOTION_VERSION = 1
 FRAME_CONVENTION = "square-padded-centred"
@@ -264,7 +264,7 @@ def extract_motion(driver_path: str | PathLike, hmr: nn.Module | ThetaFn, smpl: 
     smpl: the SMPL module. smooth_sigma: Gaussian smoothing in frames, 0 (default) = none, as the
     official. progress(done, total) counts frames. InputError when no frame shows a person.
     """
-    from ..video import read_frames
+    from impersonator_cli.io.video import read_frames
 
     smoothing._check_sigma(smooth_sigma)
     path = Path(driver_path)

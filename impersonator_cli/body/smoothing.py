@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from impersonator_cli.errors import UsageError
 
 TRUNCATE = 4.0  # kernel radius = ceil(TRUNCATE * sigma) frames
 _SMALL = 1e-6

@@ -24,9 +24,10 @@ import torch
 from smplx.lbs import lbs, vertices2joints
 from torch import nn
 
-from ..errors import WeightsError
-from . import camera
-from .arrays import NUM_BETAS, SMPL_PARENTS, SMPLArrays
+from impersonator_cli.errors import WeightsError
+from impersonator_cli.body import camera
+from impersonator_cli.body.arrays import NUM_BETAS, SMPL_PARENTS, SMPLArrays
+from impersonator_cli.body.rotation import batch_rodrigues
 
 HMR_BUFFER_NAMES = ("v_template", "shapedirs", "J_regressor", "posedirs", "weights",
                     "joint_regressor")
@@ -56,23 +57,6 @@ class SMPLDetails:
     j3d: torch.Tensor
     j2d: torch.Tensor
     theta: torch.Tensor
-
-
-def batch_rodrigues(rot_vecs: torch.Tensor) -> torch.Tensor:
-    """Axis-angle to rotation matrices, official formula (1e-8 added to every component first).
-
-    angle = |r + 1e-8|, a = r / angle, R = cos I + (1 - cos) a a^T + sin [a]x.
-    rot_vecs: N x 3  ->  N x 3 x 3
-    """
-    angle = torch.norm(rot_vecs + 1e-8, dim=1, keepdim=True)  # N x 1
-    axis = rot_vecs / angle
-    cos, sin = torch.cos(angle)[:, :, None], torch.sin(angle)[:, :, None]
-    ax, ay, az = axis.unbind(dim=1)
-    zero = torch.zeros_like(ax)
-    skew = torch.stack([zero, -az, ay, az, zero, -ax, -ay, ax, zero], dim=1).view(-1, 3, 3)
-    eye = torch.eye(3, dtype=rot_vecs.dtype, device=rot_vecs.device)
-    outer = axis[:, :, None] * axis[:, None, :]
-    return cos * eye + (1 - cos) * outer + sin * skew
 
 
 class SMPL(nn.Module):
@@ -135,14 +119,14 @@ class SMPL(nn.Module):
     @classmethod
     def from_pickle(cls, path: str | Path, cocoplus: Any = None) -> "SMPL":
         """Source (b): an official SMPL pickle (chumpy/scipy free, no code run)."""
-        from .smpl_pickle import load_smpl_pickle
+        from impersonator_cli.body.smpl_pickle import load_smpl_pickle
 
         return cls(load_smpl_pickle(path, cocoplus))
 
     @classmethod
     def from_npz(cls, path: str | Path, cocoplus: Any = None) -> "SMPL":
         """Source (c): a standard SMPL .npz."""
-        from .smpl_pickle import load_smpl_npz
+        from impersonator_cli.body.smpl_pickle import load_smpl_npz
 
         return cls(load_smpl_npz(path, cocoplus))
 

@@ -26,9 +26,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import WeightsError
-from .arrays import NUM_BETAS, NUM_COCOPLUS, NUM_FACES, NUM_JOINTS, NUM_POSE_BASIS, NUM_VERTICES
-from .arrays import SMPLArrays
+from impersonator_cli.errors import WeightsError
+from impersonator_cli.body.arrays import (
+    NUM_BETAS, NUM_COCOPLUS, NUM_FACES, NUM_JOINTS, NUM_POSE_BASIS, NUM_VERTICES,
+)
+from impersonator_cli.body.arrays import SMPLArrays
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct, scalar

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
-from ..images import resize_rgb
-from . import camera
-from .hmr import IMAGE_SIZE, preprocess
+from impersonator_cli.errors import InputError
+from impersonator_cli.io.images import resize_rgb
+from impersonator_cli.body import camera
+from impersonator_cli.body.hmr import IMAGE_SIZE, preprocess
 
 ThetaFn = Callable[[torch.Tensor], torch.Tensor]  # crops B x 3 x 224 x 224 in [-1, 1] -> θ B x 85
 Progress = Callable[[int, "int | None"], None]  # (frames done, total or None)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_kernels as ck
+from impersonator_cli.gan import cpu_kernels as ck
 
 
 class Conv2d(nn.Conv2d):

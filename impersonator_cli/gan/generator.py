@@ -19,21 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_kernels as ck
-from .blocks import Conv2d, ResidualBlock, conv_norm_relu, deconv_norm_relu, merged_heads
+from impersonator_cli.gan import cpu_kernels as ck
+from impersonator_cli.gan.blocks import Conv2d, ResidualBlock, conv_norm_relu, deconv_norm_relu, merged_heads
+from impersonator_cli.render.flow import resize_flow
 
 Tensor = torch.Tensor
 
 
 # ----------------------------------------------------------------------------------- warping (W)
-
-def _resize_flow(T: Tensor, size: tuple[int, int]) -> Tensor:
-    """B x H x W x 2 -> B x h x w x 2, bilinear with align_corners=True (-2 sentinels included)."""
-    if tuple(T.shape[1:3]) == tuple(size):
-        return T
-    grid = F.interpolate(T.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=True)
-    return grid.permute(0, 2, 3, 1)
-
 
 def _sample(f: Tensor, grid: Tensor) -> Tensor:
     """grid_sample(f, grid), bilinear, zero padding, align_corners=True.
@@ -51,7 +44,7 @@ def _sample(f: Tensor, grid: Tensor) -> Tensor:
 
 def lwb_warp(f: Tensor, T: Tensor) -> Tensor:
     """W(f, T): warp features B' x C x h x w with the flow T (B x H x W x 2) resized to h x w."""
-    return _sample(f, _resize_flow(T, tuple(f.shape[-2:])))
+    return _sample(f, resize_flow(T, tuple(f.shape[-2:])))
 
 
 def _warp_fused_rows(feats_list: Sequence["SourceFeatures"], flows_list: Sequence[Tensor]) -> list[Tensor]:
@@ -61,7 +54,7 @@ def _warp_fused_rows(feats_list: Sequence["SourceFeatures"], flows_list: Sequenc
     for feats, T in zip(feats_list, flows_list):
         warped: list[Tensor] = []
         for rows, chans, (h, w) in feats.fused_rows:
-            taps = ck.bilinear_taps(_resize_flow(T, (h, w)), (h, w))
+            taps = ck.bilinear_taps(resize_flow(T, (h, w)), (h, w))
             warped.extend(ck.sample_rows(rows, taps, (T.shape[0], h, w)).split(chans, dim=1))
         total = warped if not total else [a + b for a, b in zip(total, warped)]
     return total
@@ -276,7 +269,7 @@ class LiquidWarpingGenerator(nn.Module):
         n_enc = len(self.tsf_model.encoders) - 1
         sources = [f.fused for f in feats_list]
         sizes = [tuple(f.shape[-2:]) for f in sources[0][:n_enc]]
-        flows = [[_resize_flow(T, s) for s in sizes] for T in flows_list]
+        flows = [[resize_flow(T, s) for s in sizes] for T in flows_list]
 
         def fuse(x: Tensor, point: int) -> Tensor:
             level = min(point, n_enc - 1)

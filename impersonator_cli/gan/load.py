@@ -13,16 +13,17 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .. import weights
-from ..checkpoints import load_config, load_converted, load_official_state_dict
-from ..devices import fast_cpu_kernels
-from ..errors import WeightsError
-from .generator import LiquidWarpingGenerator
-from .inpaintor import InpaintSANet
+from impersonator_cli.weights import registry
+from impersonator_cli.weights import store as weights
+from impersonator_cli.weights.checkpoints import load_config, load_converted, load_official_state_dict
+from impersonator_cli.devices import fast_cpu_kernels
+from impersonator_cli.errors import WeightsError
+from impersonator_cli.gan.generator import LiquidWarpingGenerator
+from impersonator_cli.gan.inpaintor import InpaintSANet
 
 
 def _state_and_config(name_or_path: str | Path, section: str, weights_dir) -> tuple[Mapping, dict, str]:
-    if isinstance(name_or_path, str) and name_or_path in weights.NAMES:
+    if isinstance(name_or_path, str) and name_or_path in registry.NAMES:
         path = weights.resolve(name_or_path, weights_dir)
     else:
         path = Path(name_or_path)
@@ -47,7 +48,7 @@ def _build(factory: Callable[[], nn.Module], state: Mapping, source: str, device
     return model.eval()
 
 
-def load_generator(name_or_path: str | Path = weights.DEFAULT_GENERATOR, weights_dir=None,
+def load_generator(name_or_path: str | Path = registry.DEFAULT_GENERATOR, weights_dir=None,
                    device: torch.device | str = "cpu", bg_stream: bool = False) -> LiquidWarpingGenerator:
     """The LWB generator. bg_stream=False skips the BG stream (inference uses the DeepFill inpaintor).
 

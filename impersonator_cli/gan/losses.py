@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import load_converted, load_official_state_dict
-from .sphereface import FaceLoss, Sphere20a, crop_heads, head_boxes
-from .vgg import PerceptualLoss, VGG19Features, features_state_dict
+from impersonator_cli.weights import store
+from impersonator_cli.weights.checkpoints import load_converted, load_official_state_dict
+from impersonator_cli.gan.sphereface import FaceLoss, Sphere20a, crop_heads, head_boxes
+from impersonator_cli.gan.vgg import PerceptualLoss, VGG19Features, features_state_dict
 
 Tensor = torch.Tensor
 
@@ -69,7 +70,7 @@ def _state_dict(name: str, section: str, path: str | os.PathLike | None,
     """An official ``.pth`` (checked against `section`) or a converted file / registry name."""
     if path is not None and Path(path).suffix in (".pth", ".pt"):
         return load_official_state_dict(path, section)
-    return load_converted(name if path is None else path, weights_dir)
+    return load_converted(store.resolve(name, weights_dir) if path is None else path)
 
 
 def load_vgg19(path: str | os.PathLike | None = None,

@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..errors import EnvironmentProblem, UsageError
-from .rasterize import EYE_DISTANCE, Raster, rasterize
+from impersonator_cli.errors import EnvironmentProblem, UsageError
+from impersonator_cli.render.rasterize import EYE_DISTANCE, Raster, rasterize
 
 RENDERERS = ("auto", "torch", "nmr")
 Rasterizer = Callable[[Tensor, int], Raster]

@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..body import camera
-from ..body.smpl import SMPL
-from .rasterize import Raster, face_vertices, rasterize
+from impersonator_cli.body import camera
+from impersonator_cli.body.smpl import SMPL
+from impersonator_cli.render.rasterize import Raster, face_vertices, rasterize
 
 
 @dataclass(frozen=True)

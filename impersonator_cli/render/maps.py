@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import WeightsError
+from impersonator_cli.errors import WeightsError
 
 MAPPER_FILE = "mapper.txt"
 PART_INFO_FILE = "smpl_part_info.json"

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
+from impersonator_cli.errors import UsageError
 
 EYE_DISTANCE = 1.0 / math.tan(math.radians(30.0)) + 1.0  # 2.7320508...: z shift of look_at (§2.2)
 NEAR = 0.1

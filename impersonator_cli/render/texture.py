@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rasterize import Raster
+from impersonator_cli.render.rasterize import Raster
 
 
 def face_corner_uv(vt: Tensor, face_vt: Tensor) -> Tensor:

@@ -12,9 +12,9 @@ import json
 import os
 import sys
 
-from ..errors import ImpersonateError
-from .run import train
-from .trainer import LossWeights, TrainConfig
+from impersonator_cli.errors import ImpersonateError
+from impersonator_cli.train.run import train
+from impersonator_cli.train.trainer import LossWeights, TrainConfig
 
 
 def parser() -> argparse.ArgumentParser:

@@ -22,11 +22,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..body.motion import SUFFIX, MotionData, load_motion
-from ..errors import InputError, OutputError
-from ..images import is_image_path, is_video_path, resize_rgb, write_image
-from ..video import read_frames
-from .dataset import IMAGES_FOLDER, SMPLS_FOLDER, POSE_SHAPE_FILE, write_pose_shape
+from impersonator_cli.body.motion import SUFFIX, MotionData, load_motion
+from impersonator_cli.errors import InputError, OutputError
+from impersonator_cli.io.images import is_image_path, is_video_path, resize_rgb, write_image
+from impersonator_cli.io.video import read_frames
+from impersonator_cli.train.dataset import IMAGES_FOLDER, SMPLS_FOLDER, POSE_SHAPE_FILE, write_pose_shape
 
 Extract = Callable[[Path], MotionData]
 

@@ -31,23 +31,25 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..body import camera
-from ..body.smpl import SMPL
-from ..body.smpl_pickle import _SAFE_GLOBALS
-from ..errors import InputError
-from ..flow import erode, transformation_flow, warp
-from ..gan.losses import head_boxes as official_head_boxes
-from ..images import is_image_path, natural_key, read_image, resize_rgb
-from ..render.body_view import view_vertices
-from ..render.maps import MeshMaps
+from impersonator_cli.body import camera
+from impersonator_cli.body.smpl import SMPL
+from impersonator_cli.body.smpl_pickle import _SAFE_GLOBALS
+from impersonator_cli.errors import InputError
+from impersonator_cli.pipeline.compose import flow_composition
+from impersonator_cli.render.flow import FT_KS, erode
+from impersonator_cli.gan.losses import head_boxes as official_head_boxes
+from impersonator_cli.io.images import is_image_path, natural_key, read_image, resize_rgb
+from impersonator_cli.render.body_view import BodyView, view_vertices
+from impersonator_cli.render.maps import MeshMaps
+from impersonator_cli.render.rasterize import Raster
 
 IMAGES_FOLDER = "images"
 SMPLS_FOLDER = "smpls"
 POSE_SHAPE_FILE = "pose_shape.pkl"
 INTERVALS = 10  # one item per 10 frames of every video
 SOURCE_FRAMES = 15  # source frame ~ U{0..14}
-FT_KS = 3  # SID crop and attention-target erosion (hard-coded in the official trainer)
-BG_KS = 15  # BG-stream mask erosion (hard-coded, not --bg_ks)
+TRAIN_BG_KS = 15  # BG-stream mask erosion (hard-coded in the official trainer, not --bg_ks); the SID
+# crop and attention targets use FT_KS = 3, hard-coded there too (render/flow.py holds both defaults)
 _HINT = "Rebuild the data set with `impersonate train layout` or fix the file."
 
 
@@ -261,28 +263,26 @@ class InputBuilder(nn.Module):
         theta = smpls.reshape(2 * B, 85).to(self.smpl.v_template.dtype)
         cam, pose, shape = theta[:, :3], theta[:, 3:75], theta[:, 75:85]
         out = self.smpl(pose, shape)
-        view = view_vertices(out.vertices, cam, self.smpl.faces, N)
-        cond = self.maps.render_cond(view.raster.face_index).view(B, 2, 3, N, N).float()
+        src_view, tgt_view = _split_pairs(view_vertices(out.vertices, cam, self.smpl.faces, N), B)
         src_img, tgt_img = images[:, 0].float(), images[:, 1].float()
-        src_view, tgt_raster = view.p2verts.view(B, 2, *view.p2verts.shape[1:])[:, 0], \
-            _slice_raster(view.raster, B)
-        T = transformation_flow(src_view, tgt_raster).float()
-        bg_ind = cond[:, :, 2:3]
-        ft_src, ft_tgt = erode(bg_ind[:, 0], FT_KS), erode(bg_ind[:, 1], FT_KS)
-        m = erode(bg_ind[:, 0], BG_KS)
+        stage2 = flow_composition(self.maps, [src_img], [src_view], tgt_view)
+        cond_src, cond_tgt = self.maps.render_cond(src_view.raster.face_index).float(), stage2.cond.float()
+        ft_src, ft_tgt = erode(cond_src[:, 2:3], FT_KS), erode(cond_tgt[:, 2:3], FT_KS)
+        m = erode(cond_src[:, 2:3], TRAIN_BG_KS)
         j2d = camera.project_2d(out.cocoplus, cam).view(B, 2, -1, 2)[:, 1]
         return TrainInputs(
             src_img=src_img, tgt_img=tgt_img, bg_in=torch.cat([src_img * m, m], 1),
-            src_in=torch.cat([src_img * (1 - ft_src), cond[:, 0]], 1),
-            tsf_in=torch.cat([warp(src_img, T), cond[:, 1]], 1), T=T, cond_tgt=cond[:, 1],
+            src_in=torch.cat([src_img * (1 - ft_src), cond_src], 1),
+            tsf_in=torch.cat([stage2.warped, cond_tgt], 1), T=stage2.flows[0].float(), cond_tgt=cond_tgt,
             mask_targets=torch.cat([ft_src, ft_tgt], 1),
             head_boxes=self.head_boxes(j2d.float(), N).long())
 
 
-def _slice_raster(raster, B: int):
-    """Targets (odd rows) of an interleaved (src, tgt) raster of 2B bodies -> Raster of B."""
-    from ..render.rasterize import Raster
+def _split_pairs(view: BodyView, B: int) -> tuple[BodyView, BodyView]:
+    """An interleaved (src, tgt) BodyView of 2B bodies -> (sources, targets), B bodies each."""
+    def half(t: Tensor, i: int) -> Tensor:
+        return t.view(B, 2, *t.shape[1:])[:, i].contiguous()
 
-    N = raster.face_index.shape[-1]
-    return Raster(face_index=raster.face_index.view(B, 2, N, N)[:, 1].contiguous(),
-                  weights=raster.weights.view(B, 2, N, N, 3)[:, 1].contiguous())
+    return tuple(BodyView(vertices=half(view.vertices, i), f2verts=half(view.f2verts, i),
+                          raster=Raster(face_index=half(view.raster.face_index, i),
+                                        weights=half(view.raster.weights, i))) for i in (0, 1))

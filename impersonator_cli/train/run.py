@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..errors import UsageError
-from .dataset import InputBuilder
-from .trainer import Dist, Log, TrainConfig, Trainer, append_log, load_loss_networks, now
+from impersonator_cli.errors import UsageError
+from impersonator_cli.train.dataset import InputBuilder
+from impersonator_cli.train.trainer import Dist, Log, TrainConfig, Trainer, append_log, load_loss_networks, now
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -36,7 +36,7 @@ class TrainResult:
 
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
-    from ..devices import resolve_device
+    from impersonator_cli.devices import resolve_device
 
     device = resolve_device(device_name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -54,7 +54,7 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
 def make_loader(dataset, cfg: TrainConfig, d: Dist, device: torch.device):
     from torch.utils.data import DataLoader
 
-    from .dataset import EpochSampler
+    from impersonator_cli.train.dataset import EpochSampler
 
     sampler = EpochSampler(dataset, d.world, d.rank, seed=cfg.seed, shuffle=True, drop_last=True)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
@@ -70,8 +70,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log: Optional[Log]
           checksum_dir: str | Path | None = None) -> TrainResult:
     """Train (single process, or one rank under torchrun). `log(record)` gets rank 0's records;
     `checksum_dir` makes every rank write checksum_rank<r>.json (weights after the last step)."""
-    from ..body.model import load_body_model
-    from .dataset import IPerDataset
+    from impersonator_cli.pipeline.rig import load_body_model
+    from impersonator_cli.train.dataset import IPerDataset
 
     d, device = init_distributed(cfg.device)
     try:

@@ -34,12 +34,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..errors import UsageError, WeightsError
-from ..gan import losses as L
-from ..gan.blocks import init_weights
-from ..gan.discriminator import PatchDiscriminator
-from ..gan.generator import LiquidWarpingGenerator, compose
-from .dataset import InputBuilder, TrainInputs
+from impersonator_cli.weights import registry, store
+from impersonator_cli.errors import UsageError, WeightsError
+from impersonator_cli.gan import losses as L
+from impersonator_cli.gan.blocks import init_weights
+from impersonator_cli.gan.discriminator import PatchDiscriminator
+from impersonator_cli.gan.generator import LiquidWarpingGenerator, compose
+from impersonator_cli.train.dataset import InputBuilder, TrainInputs
 
 RESUME_FILE = "resume.pt"
 LOG_FILE = "train_log.jsonl"
@@ -332,21 +333,19 @@ def _jsonable(d):
 def load_loss_networks(cfg: TrainConfig, device: torch.device) -> tuple[Optional[Callable],
                                                                         Optional[Callable]]:
     """(perceptual, face) callables, or None where switched off. WeightsError names a missing file."""
-    from .. import weights
-
     perceptual = face = None
     if cfg.use_vgg:
-        _require(weights, "vgg19", cfg.weights_dir, "--no-vgg (use L1 for the transfer term)")
+        _require("vgg19", cfg.weights_dir, "--no-vgg (use L1 for the transfer term)")
         perceptual = L.PerceptualLoss(L.load_vgg19(weights_dir=cfg.weights_dir, device=device))
     if cfg.use_face:
-        _require(weights, "sphereface", cfg.weights_dir, "--no-face (drop the face term)")
+        _require("sphereface", cfg.weights_dir, "--no-face (drop the face term)")
         face = L.FaceLoss(L.load_sphereface(weights_dir=cfg.weights_dir, device=device))
     return perceptual, face
 
 
-def _require(weights, name: str, weights_dir, flag: str) -> None:
-    if weights.find(name, weights_dir) is None:
-        row = weights.get(name)
+def _require(name: str, weights_dir, flag: str) -> None:
+    if store.find(name, weights_dir) is None:
+        row = registry.get(name)
         raise WeightsError(
             f"Training needs the {name} weights ({row.local_name}) for its loss, and they were not "
             "found", hint=f"{row.how_to_get()} Or train without that term: pass {flag}.")

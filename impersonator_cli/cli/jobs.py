@@ -1,0 +1,288 @@
+"""CLI commands for the three jobs and the demo: parse, call the Python API, report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated, Iterator, List, Optional, Sequence
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from impersonator_cli.pipeline.stages import DEFAULT_SIZE
+from impersonator_cli.render.flow import BG_KS, FT_KS
+from impersonator_cli.weights.registry import DEFAULT_GENERATOR
+from impersonator_cli.cli.options import DeviceOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, WeightsDirOpt
+
+err = Console(stderr=True, highlight=False)
+
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU).", rich_help_panel="Runtime")]
+GeneratorOpt = Annotated[str, typer.Option("--generator", help="Generator weights: a registry name, a file, or 'none' (warp-only, no GAN weights).", rich_help_panel="Model")]
+SizeOpt = Annotated[int, typer.Option("--size", help="Output size in pixels (square person-centred crop): 256 or 512.", rich_help_panel="Output")]
+BackgroundOpt = Annotated[str, typer.Option("--background", help="inpaint | source | black | white | gray | green | #RRGGBB.", rich_help_panel="Model")]
+FrontWarpOpt = Annotated[bool, typer.Option("--front-warp", help="Copy the warped source face onto the visible front face (official option).", rich_help_panel="Model")]
+CropOpt = Annotated[str, typer.Option("--crop", help="person: square crop around the person; full: the whole image padded to a square.", rich_help_panel="Model")]
+BgKsOpt = Annotated[int, typer.Option("--bg-ks", help="Dilation (px) of the body mask for background inpainting.", rich_help_panel="Model")]
+FtKsOpt = Annotated[int, typer.Option("--ft-ks", help="Dilation (px) of the source crop mask.", rich_help_panel="Model")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Frames per batch.", rich_help_panel="Runtime")]
+PersonalizeOpt = Annotated[bool, typer.Option("--personalize", help="Fine-tune the generator on the source first (the official post-tune; slow on a CPU). Cached per source.", rich_help_panel="Personalization")]
+TuneStepsOpt = Annotated[Optional[int], typer.Option("--personalize-steps", help="At most this many fine-tuning steps (default: the official schedule: imitate/novelview 5 epochs over 8 pairs, swap 50 steps).", rich_help_panel="Personalization")]
+TuneSecondsOpt = Annotated[Optional[float], typer.Option("--personalize-seconds", help="At most this many seconds of fine-tuning.", rich_help_panel="Personalization")]
+RendererOpt = Annotated[str, typer.Option("--renderer", help="auto | torch | nmr (the official neural_renderer, CUDA only; auto uses it when installed).", rich_help_panel="Runtime")]
+CrfOpt = Annotated[int, typer.Option("--crf", help="H.264 quality (0 best .. 51 worst).", rich_help_panel="Output")]
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, quiet: bool) -> Iterator:
+    """A frame-counting progress bar on stderr; yields the API's progress(done, total) callback."""
+    with progress_bars([label], quiet) as bars:
+        yield bars[label]
+
+
+@contextlib.contextmanager
+def progress_bars(labels: Sequence[str], quiet: bool) -> Iterator[dict]:
+    """One progress bar per phase of a job (e.g. personalize, then imitate), shown together on
+    stderr; yields {label: progress(done, total) callback}, the callbacks None when quiet."""
+    if quiet:
+        yield dict.fromkeys(labels)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        tasks = [bar.add_task(label, total=None) for label in labels]
+        yield {label: lambda done, total, task=task: bar.update(task, completed=done, total=total)
+               for label, task in zip(labels, tasks)}
+
+
+def _phases(job: str, tuning) -> list[str]:
+    return ["personalize", job] if tuning is not None else [job]
+
+
+def report(result, json_out: bool, quiet: bool) -> None:
+    """Results on stdout (a path, or JSON); notes on stderr."""
+    if json_out:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.output)
+    if not quiet:
+        for warning in result.warnings:
+            err.print(f"[yellow]note:[/] {warning}", soft_wrap=True)
+
+
+def _tuning(enabled: bool, steps, seconds):
+    from impersonator_cli.api import PersonalizeOptions
+
+    if not enabled and (steps is not None or seconds is not None):
+        from impersonator_cli.errors import UsageError
+
+        raise UsageError("--personalize-steps/--personalize-seconds need --personalize")
+    return PersonalizeOptions(steps=steps, seconds=seconds) if enabled else None
+
+
+def _impersonator(weights_dir, device, precision, generator, size, renderer="auto"):
+    from impersonator_cli.api import Impersonator
+
+    return Impersonator(weights_dir=weights_dir, device=device, precision=precision, generator=generator, size=size,
+                        renderer=renderer)
+
+
+def imitate(
+    source: Annotated[List[Path], typer.Option("--source", "-s", help="Source photo (repeat for several views of one person, e.g. front and back).", show_default=False)],
+    driver: Annotated[Path, typer.Option("--driver", "-d", help="Driver: a video, a folder of frames, an image, or a .motion.npz file.", show_default=False)],
+    output: OutputOpt,
+    source_smpl: Annotated[Optional[List[Path]], typer.Option("--source-smpl", help="Known SMPL of each source (one-frame .motion.npz), instead of running HMR.", show_default=False)] = None,
+    size: SizeOpt = DEFAULT_SIZE,
+    camera: Annotated[str, typer.Option("--camera", help="smooth (source framing + driver movement) | source | copy.", rich_help_panel="Model")] = "smooth",
+    smooth: Annotated[float, typer.Option("--smooth", help="Temporal smoothing of driver poses, in frames (0 = off, as the official).", rich_help_panel="Model")] = 0.0,
+    background: BackgroundOpt = "inpaint",
+    front_warp: FrontWarpOpt = False,
+    generator: GeneratorOpt = DEFAULT_GENERATOR,
+    crop: CropOpt = "person",
+    bg_ks: BgKsOpt = BG_KS,
+    ft_ks: FtKsOpt = FT_KS,
+    start: Annotated[float, typer.Option("--start", help="Start time in the driver (s).", rich_help_panel="Driver")] = 0.0,
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of the driver to use.", rich_help_panel="Driver")] = None,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="At most this many frames.", rich_help_panel="Driver")] = None,
+    layout: Annotated[str, typer.Option("--layout", help="result | side-by-side (driver on the left).", rich_help_panel="Output")] = "result",
+    frame: Annotated[str, typer.Option("--frame", help="crop: the square person crop at --size; source: pasted back into the (first) source photo at its own size.", rich_help_panel="Output")] = "crop",
+    audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Keep the driver's audio.", rich_help_panel="Output")] = True,
+    audio_file: Annotated[Optional[Path], typer.Option("--audio-file", help="Take the audio from this file instead (e.g. the driver video with a motion-file driver), from the same start time as the motion.", rich_help_panel="Output")] = None,
+    crf: CrfOpt = 18,
+    batch_size: BatchOpt = 4,
+    personalize: PersonalizeOpt = False,
+    personalize_steps: TuneStepsOpt = None,
+    personalize_seconds: TuneSecondsOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    renderer: RendererOpt = "auto",
+    weights_dir: WeightsDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Motion imitation: the person in the source photo performs the driver's motion."""
+    from impersonator_cli.api import ImitateOptions, SourceOptions
+
+    source_options = SourceOptions(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
+    tuning = _tuning(personalize, personalize_steps, personalize_seconds)
+    imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
+    options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=front_warp, layout=layout, frame=frame,
+                             start=start, duration=duration, max_frames=max_frames, crf=crf, audio=audio, audio_file=audio_file)
+    with progress_bars(_phases("imitate", tuning), quiet) as bars:
+        result = imp.imitate(source, driver, output, options=options, source_smpl=source_smpl or (),
+                             source_options=source_options, overwrite=overwrite, progress=bars["imitate"],
+                             personalize=tuning, tune_progress=bars.get("personalize"))
+    report(result, json_out, quiet)
+
+
+def swap(
+    source: Annotated[Path, typer.Option("--source", "-s", help="The person who keeps pose, face and background (a photo, or a video).", show_default=False)],
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="The person whose clothes (parts) are taken.", show_default=False)],
+    output: OutputOpt,
+    part: Annotated[str, typer.Option("--part", help="body | all | head | upper | lower | comma-separated part names.")] = "body",
+    source_smpl: Annotated[Optional[Path], typer.Option("--source-smpl", help="Known SMPL of the source (one-frame .motion.npz).")] = None,
+    reference_smpl: Annotated[Optional[Path], typer.Option("--reference-smpl", help="Known SMPL of the reference.")] = None,
+    size: SizeOpt = DEFAULT_SIZE,
+    background: BackgroundOpt = "inpaint",
+    front_warp: FrontWarpOpt = False,
+    generator: GeneratorOpt = DEFAULT_GENERATOR,
+    crop: CropOpt = "person",
+    bg_ks: BgKsOpt = BG_KS,
+    ft_ks: FtKsOpt = FT_KS,
+    personalize: PersonalizeOpt = False,
+    personalize_steps: TuneStepsOpt = None,
+    personalize_seconds: TuneSecondsOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    renderer: RendererOpt = "auto",
+    weights_dir: WeightsDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Appearance transfer: the source person wearing the reference person's body parts (image out; video out
+    when the source is a video). --personalize fine-tunes on the (source, reference) pair first (the official
+    swap post-tune, 50 steps by default; a source video's first frame with a person is its source)."""
+    from impersonator_cli.api import SourceOptions
+    from impersonator_cli.io.images import is_video_path
+
+    source_options = SourceOptions(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
+    tuning = _tuning(personalize, personalize_steps, personalize_seconds)
+    imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
+    job = dict(parts=part, front_warp=front_warp, source_smpl=source_smpl, reference_smpl=reference_smpl,
+               source_options=source_options, overwrite=overwrite, personalize=tuning)
+    if is_video_path(source):  # a video source gives a video (frame rate and audio kept)
+        with progress_bars(_phases("swap", tuning), quiet) as bars:
+            result = imp.swap(source, reference, output, progress=bars["swap"], tune_progress=bars.get("personalize"),
+                              **job)
+    else:
+        with progress_bar("personalize", quiet or tuning is None) as progress:
+            result = imp.swap(source, reference, output, progress=progress, **job)
+    report(result, json_out, quiet)
+
+
+def novelview(
+    source: Annotated[Path, typer.Option("--source", "-s", help="Source photo.", show_default=False)],
+    output: OutputOpt,
+    frames: Annotated[int, typer.Option("--frames", help="Views in the orbit (video output).")] = 90,
+    yaw: Annotated[Optional[List[float]], typer.Option("--yaw", help="View yaw in degrees (repeat for several).")] = None,
+    pitch: Annotated[Optional[List[float]], typer.Option("--pitch", help="View pitch in degrees.")] = None,
+    tpose: Annotated[bool, typer.Option("--tpose", help="Show the person in a T-pose instead of their own pose.")] = False,
+    fps: Annotated[float, typer.Option("--fps", help="Frame rate of the orbit video.")] = 25.0,
+    source_smpl: Annotated[Optional[Path], typer.Option("--source-smpl", help="Known SMPL of the source (one-frame .motion.npz).")] = None,
+    size: SizeOpt = DEFAULT_SIZE,
+    background: BackgroundOpt = "inpaint",
+    front_warp: FrontWarpOpt = False,
+    generator: GeneratorOpt = DEFAULT_GENERATOR,
+    crop: CropOpt = "person",
+    bg_ks: BgKsOpt = BG_KS,
+    ft_ks: FtKsOpt = FT_KS,
+    crf: CrfOpt = 18,
+    batch_size: BatchOpt = 4,
+    personalize: PersonalizeOpt = False,
+    personalize_steps: TuneStepsOpt = None,
+    personalize_seconds: TuneSecondsOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    renderer: RendererOpt = "auto",
+    weights_dir: WeightsDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Novel view synthesis: the source person seen from other angles (orbit video, or images at --yaw/--pitch)."""
+    from impersonator_cli.api import NovelViewOptions, SourceOptions
+
+    source_options = SourceOptions(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
+    options = NovelViewOptions(frames=frames, yaw=tuple(yaw or ()), pitch=tuple(pitch or ()), tpose=tpose, fps=fps,
+                               batch_size=batch_size, front_warp=front_warp, crf=crf)
+    tuning = _tuning(personalize, personalize_steps, personalize_seconds)
+    imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
+    with progress_bars(_phases("novelview", tuning), quiet) as bars:
+        result = imp.novel_view(source, output, options=options, source_smpl=source_smpl,
+                                source_options=source_options, overwrite=overwrite, progress=bars["novelview"],
+                                personalize=tuning, tune_progress=bars.get("personalize"))
+    report(result, json_out, quiet)
+
+
+def demo(
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the demo inputs and results.")] = Path("impersonate-demo"),
+    frames: Annotated[int, typer.Option("--frames", help="Frames of the dance.")] = 75,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run imitate, swap and novelview on a generated mannequin: nothing to download."""
+    from impersonator_cli.demo.world import run_demo
+
+    with progress_bar("demo", quiet) as progress:
+        results = run_demo(output_dir, frames=frames, device=device, overwrite=overwrite, progress=progress)
+    if json_out:
+        print(json.dumps({name: r.to_dict() for name, r in results.items()}, indent=2))
+    else:
+        for name, r in results.items():
+            print(f"{name}: {r.output}")
+
+
+def bench(
+    size: Annotated[Optional[List[int]], typer.Option("--size", help="Sizes to time (repeatable).")] = None,
+    batch_size: BatchOpt = 4,
+    frames: Annotated[int, typer.Option("--frames", help="Frames of the end-to-end runs.")] = 16,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per stage (median).")] = 3,
+    memory: Annotated[bool, typer.Option("--memory", help="Also the peak memory of whole imitations, a driver of --frames frames and one 4x longer (fresh processes; takes minutes).")] = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Time each stage and the end-to-end frame rate with full-width random networks (no weights needed)."""
+    import torch
+    from rich.table import Table
+
+    from impersonator_cli.demo.bench import run_bench
+
+    rows = run_bench(sizes=tuple(size or (256, 512)), batch=batch_size, frames=frames, device=device,
+                     precision=precision, repeats=repeats, memory=memory)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    from impersonator_cli.devices import resolve_runtime
+
+    runtime = resolve_runtime(device, precision)
+    table = Table(title=f"impersonate bench (batch {batch_size}, {runtime.device}, {runtime.precision}, "
+                        f"{torch.get_num_threads()} threads)")
+    for col in ("size", "stage", "ms / item", "frames / s", "peak MB"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for r in rows:
+        ms = f"{r['ms']:.1f}" if "ms" in r else ""
+        fps = f"{r['fps']:.2f}" if "fps" in r else f"{1000 / r['ms']:.1f}" if "ms" in r else ""
+        peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else ""
+        if "cuda_peak_mb" in r:
+            peak += f" (GPU {r['cuda_peak_mb']:.0f})"
+        table.add_row(str(r["size"]), r["stage"], ms, fps, peak)
+    bounds = [f"{r['size']}²: {r['gmac']:.1f} GMAC a frame, matmul {r['matmul_gmacs']:.0f} GMAC/s"
+              for r in rows if "gmac" in r]
+    table.caption = ("at the matmul rate = multiply-adds of the transfer (as run) / matrix-multiply rate; "
+                     + "; ".join(bounds))
+    Console().print(table)

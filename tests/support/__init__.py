@@ -1,0 +1,1 @@
+"""Shared test helpers, test oracles and the demo world."""
