@@ -24,7 +24,8 @@ from impersonator_cli.jobs.imitate import ImitateOptions
 from impersonator_cli.jobs.motion import extract_motion_file
 from impersonator_cli.jobs.novelview import NovelViewOptions
 from impersonator_cli.pipeline.source import PreparedSource, SourceOptions
-from impersonator_cli.pipeline.stages import DEFAULT_SIZE, Stages, load_stages
+from impersonator_cli.defaults import DEFAULT_SIZE
+from impersonator_cli.pipeline.stages import Stages, load_stages
 from impersonator_cli.tune import jobs as tuning
 from impersonator_cli.tune.jobs import PersonalizeOptions
 from impersonator_cli.types import PathLike, Progress

@@ -23,6 +23,12 @@ class ImpersonateError(Exception):
     exit_code = 1
     title = "Error"
 
+    def __init_subclass__(cls, exit_code: int | None = None, title: str | None = None, **kw) -> None:
+        """`class X(ImpersonateError, exit_code=N, title="..."):` sets a family's code and title."""
+        super().__init_subclass__(**kw)
+        cls.exit_code = cls.exit_code if exit_code is None else exit_code
+        cls.title = cls.title if title is None else title
+
     def __init__(
         self,
         message: str,
@@ -55,43 +61,28 @@ class ImpersonateError(Exception):
         return f"{self.paragraph()}\n{self.detail.rstrip()}"
 
 
-class UsageError(ImpersonateError):
+class UsageError(ImpersonateError, exit_code=2, title="Usage error"):
     """Options that cannot work together or are out of range."""
 
-    exit_code = 2
-    title = "Usage error"
 
-
-class InputError(ImpersonateError):
+class InputError(ImpersonateError, exit_code=3, title="Input error"):
     """An input file is missing, unreadable, corrupt or of the wrong kind."""
-
-    exit_code = 3
-    title = "Input error"
 
 
 class VideoDecodeError(InputError):
     """ffmpeg could not read an input; `detail` holds the tail of its stderr."""
 
 
-class WeightsError(ImpersonateError):
+class WeightsError(ImpersonateError, exit_code=4, title="Weights error"):
     """A weight file is missing, corrupt, of the wrong format or fails verification."""
 
-    exit_code = 4
-    title = "Weights error"
 
-
-class OutputError(ImpersonateError):
+class OutputError(ImpersonateError, exit_code=5, title="Output error"):
     """An output cannot be written (exists without --overwrite, unwritable folder)."""
 
-    exit_code = 5
-    title = "Output error"
 
-
-class EnvironmentProblem(ImpersonateError):
+class EnvironmentProblem(ImpersonateError, exit_code=6, title="Environment error"):
     """The runtime environment lacks something (ffmpeg binary, CUDA device, optional backend)."""
-
-    exit_code = 6
-    title = "Environment error"
 
 
 class EncodeError(EnvironmentProblem):

@@ -15,7 +15,7 @@ NAME = "impersonator_cli"
 
 # Bottom to top. A module may import modules of its own layer (without a cycle) and of lower layers.
 LAYERS = (
-    ("version", "types", "errors"),
+    ("version", "types", "defaults", "errors"),
     ("devices",),
     ("io",),
     ("weights",),

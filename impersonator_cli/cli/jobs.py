@@ -11,27 +11,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from impersonator_cli.pipeline.stages import DEFAULT_SIZE
-from impersonator_cli.render.flow import BG_KS, FT_KS
-from impersonator_cli.weights.registry import DEFAULT_GENERATOR
-from impersonator_cli.cli.options import DeviceOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, WeightsDirOpt
+from impersonator_cli.cli.options import (
+    BatchOpt, CrfOpt, DeviceOpt, JobArgs, JsonOpt, OutputOpt, OverwriteOpt, PrecisionOpt, QuietOpt, with_groups,
+)
 
 err = Console(stderr=True, highlight=False)
 
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU).", rich_help_panel="Runtime")]
-GeneratorOpt = Annotated[str, typer.Option("--generator", help="Generator weights: a registry name, a file, or 'none' (warp-only, no GAN weights).", rich_help_panel="Model")]
-SizeOpt = Annotated[int, typer.Option("--size", help="Output size in pixels (square person-centred crop): 256 or 512.", rich_help_panel="Output")]
-BackgroundOpt = Annotated[str, typer.Option("--background", help="inpaint | source | black | white | gray | green | #RRGGBB.", rich_help_panel="Model")]
-FrontWarpOpt = Annotated[bool, typer.Option("--front-warp", help="Copy the warped source face onto the visible front face (official option).", rich_help_panel="Model")]
-CropOpt = Annotated[str, typer.Option("--crop", help="person: square crop around the person; full: the whole image padded to a square.", rich_help_panel="Model")]
-BgKsOpt = Annotated[int, typer.Option("--bg-ks", help="Dilation (px) of the body mask for background inpainting.", rich_help_panel="Model")]
-FtKsOpt = Annotated[int, typer.Option("--ft-ks", help="Dilation (px) of the source crop mask.", rich_help_panel="Model")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Frames per batch.", rich_help_panel="Runtime")]
-PersonalizeOpt = Annotated[bool, typer.Option("--personalize", help="Fine-tune the generator on the source first (the official post-tune; slow on a CPU). Cached per source.", rich_help_panel="Personalization")]
-TuneStepsOpt = Annotated[Optional[int], typer.Option("--personalize-steps", help="At most this many fine-tuning steps (default: the official schedule: imitate/novelview 5 epochs over 8 pairs, swap 50 steps).", rich_help_panel="Personalization")]
-TuneSecondsOpt = Annotated[Optional[float], typer.Option("--personalize-seconds", help="At most this many seconds of fine-tuning.", rich_help_panel="Personalization")]
-RendererOpt = Annotated[str, typer.Option("--renderer", help="auto | torch | nmr (the official neural_renderer, CUDA only; auto uses it when installed).", rich_help_panel="Runtime")]
-CrfOpt = Annotated[int, typer.Option("--crf", help="H.264 quality (0 best .. 51 worst).", rich_help_panel="Output")]
 
 
 @contextlib.contextmanager
@@ -59,48 +44,48 @@ def _phases(job: str, tuning) -> list[str]:
     return ["personalize", job] if tuning is not None else [job]
 
 
-def report(result, json_out: bool, quiet: bool) -> None:
+def report(result, out: JobArgs) -> None:
     """Results on stdout (a path, or JSON); notes on stderr."""
-    if json_out:
+    if out.json_out:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(result.output)
-    if not quiet:
+    if not out.quiet:
         for warning in result.warnings:
             err.print(f"[yellow]note:[/] {warning}", soft_wrap=True)
 
 
-def _tuning(enabled: bool, steps, seconds):
+def _tuning(tune: JobArgs):
     from impersonator_cli.api import PersonalizeOptions
 
-    if not enabled and (steps is not None or seconds is not None):
+    if not tune.personalize and (tune.personalize_steps is not None or tune.personalize_seconds is not None):
         from impersonator_cli.errors import UsageError
 
         raise UsageError("--personalize-steps/--personalize-seconds need --personalize")
-    return PersonalizeOptions(steps=steps, seconds=seconds) if enabled else None
+    return PersonalizeOptions(steps=tune.personalize_steps, seconds=tune.personalize_seconds) if tune.personalize else None
 
 
-def _impersonator(weights_dir, device, precision, generator, size, renderer="auto"):
+def _source_options(model: JobArgs):
+    from impersonator_cli.api import SourceOptions
+
+    return SourceOptions(crop=model.crop, background=model.background, bg_ks=model.bg_ks, ft_ks=model.ft_ks)
+
+
+def _impersonator(args: JobArgs):
     from impersonator_cli.api import Impersonator
 
-    return Impersonator(weights_dir=weights_dir, device=device, precision=precision, generator=generator, size=size,
-                        renderer=renderer)
+    return Impersonator(weights_dir=args.weights_dir, device=args.device, precision=args.precision,
+                        generator=args.generator, size=args.size, renderer=args.renderer)
 
 
+@with_groups(args=JobArgs)
 def imitate(
     source: Annotated[List[Path], typer.Option("--source", "-s", help="Source photo (repeat for several views of one person, e.g. front and back).", show_default=False)],
     driver: Annotated[Path, typer.Option("--driver", "-d", help="Driver: a video, a folder of frames, an image, or a .motion.npz file.", show_default=False)],
     output: OutputOpt,
     source_smpl: Annotated[Optional[List[Path]], typer.Option("--source-smpl", help="Known SMPL of each source (one-frame .motion.npz), instead of running HMR.", show_default=False)] = None,
-    size: SizeOpt = DEFAULT_SIZE,
     camera: Annotated[str, typer.Option("--camera", help="smooth (source framing + driver movement) | source | copy.", rich_help_panel="Model")] = "smooth",
     smooth: Annotated[float, typer.Option("--smooth", help="Temporal smoothing of driver poses, in frames (0 = off, as the official).", rich_help_panel="Model")] = 0.0,
-    background: BackgroundOpt = "inpaint",
-    front_warp: FrontWarpOpt = False,
-    generator: GeneratorOpt = DEFAULT_GENERATOR,
-    crop: CropOpt = "person",
-    bg_ks: BgKsOpt = BG_KS,
-    ft_ks: FtKsOpt = FT_KS,
     start: Annotated[float, typer.Option("--start", help="Start time in the driver (s).", rich_help_panel="Driver")] = 0.0,
     duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of the driver to use.", rich_help_panel="Driver")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="At most this many frames.", rich_help_panel="Driver")] = None,
@@ -110,32 +95,23 @@ def imitate(
     audio_file: Annotated[Optional[Path], typer.Option("--audio-file", help="Take the audio from this file instead (e.g. the driver video with a motion-file driver), from the same start time as the motion.", rich_help_panel="Output")] = None,
     crf: CrfOpt = 18,
     batch_size: BatchOpt = 4,
-    personalize: PersonalizeOpt = False,
-    personalize_steps: TuneStepsOpt = None,
-    personalize_seconds: TuneSecondsOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    renderer: RendererOpt = "auto",
-    weights_dir: WeightsDirOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    args: JobArgs = JobArgs(),
 ) -> None:
     """Motion imitation: the person in the source photo performs the driver's motion."""
-    from impersonator_cli.api import ImitateOptions, SourceOptions
+    from impersonator_cli.api import ImitateOptions
 
-    source_options = SourceOptions(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
-    tuning = _tuning(personalize, personalize_steps, personalize_seconds)
-    imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
-    options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=front_warp, layout=layout, frame=frame,
+    source_options, tuning = _source_options(args), _tuning(args)
+    imp = _impersonator(args)
+    options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=args.front_warp, layout=layout, frame=frame,
                              start=start, duration=duration, max_frames=max_frames, crf=crf, audio=audio, audio_file=audio_file)
-    with progress_bars(_phases("imitate", tuning), quiet) as bars:
+    with progress_bars(_phases("imitate", tuning), args.quiet) as bars:
         result = imp.imitate(source, driver, output, options=options, source_smpl=source_smpl or (),
-                             source_options=source_options, overwrite=overwrite, progress=bars["imitate"],
+                             source_options=source_options, overwrite=args.overwrite, progress=bars["imitate"],
                              personalize=tuning, tune_progress=bars.get("personalize"))
-    report(result, json_out, quiet)
+    report(result, args)
 
 
+@with_groups(args=JobArgs)
 def swap(
     source: Annotated[Path, typer.Option("--source", "-s", help="The person who keeps pose, face and background (a photo, or a video).", show_default=False)],
     reference: Annotated[Path, typer.Option("--reference", "-r", help="The person whose clothes (parts) are taken.", show_default=False)],
@@ -143,45 +119,28 @@ def swap(
     part: Annotated[str, typer.Option("--part", help="body | all | head | upper | lower | comma-separated part names.")] = "body",
     source_smpl: Annotated[Optional[Path], typer.Option("--source-smpl", help="Known SMPL of the source (one-frame .motion.npz).")] = None,
     reference_smpl: Annotated[Optional[Path], typer.Option("--reference-smpl", help="Known SMPL of the reference.")] = None,
-    size: SizeOpt = DEFAULT_SIZE,
-    background: BackgroundOpt = "inpaint",
-    front_warp: FrontWarpOpt = False,
-    generator: GeneratorOpt = DEFAULT_GENERATOR,
-    crop: CropOpt = "person",
-    bg_ks: BgKsOpt = BG_KS,
-    ft_ks: FtKsOpt = FT_KS,
-    personalize: PersonalizeOpt = False,
-    personalize_steps: TuneStepsOpt = None,
-    personalize_seconds: TuneSecondsOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    renderer: RendererOpt = "auto",
-    weights_dir: WeightsDirOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    args: JobArgs = JobArgs(),
 ) -> None:
     """Appearance transfer: the source person wearing the reference person's body parts (image out; video out
     when the source is a video). --personalize fine-tunes on the (source, reference) pair first (the official
     swap post-tune, 50 steps by default; a source video's first frame with a person is its source)."""
-    from impersonator_cli.api import SourceOptions
     from impersonator_cli.io.images import is_video_path
 
-    source_options = SourceOptions(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
-    tuning = _tuning(personalize, personalize_steps, personalize_seconds)
-    imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
-    job = dict(parts=part, front_warp=front_warp, source_smpl=source_smpl, reference_smpl=reference_smpl,
-               source_options=source_options, overwrite=overwrite, personalize=tuning)
+    tuning = _tuning(args)
+    imp = _impersonator(args)
+    job = dict(parts=part, front_warp=args.front_warp, source_smpl=source_smpl, reference_smpl=reference_smpl,
+               source_options=_source_options(args), overwrite=args.overwrite, personalize=tuning)
     if is_video_path(source):  # a video source gives a video (frame rate and audio kept)
-        with progress_bars(_phases("swap", tuning), quiet) as bars:
+        with progress_bars(_phases("swap", tuning), args.quiet) as bars:
             result = imp.swap(source, reference, output, progress=bars["swap"], tune_progress=bars.get("personalize"),
                               **job)
     else:
-        with progress_bar("personalize", quiet or tuning is None) as progress:
+        with progress_bar("personalize", args.quiet or tuning is None) as progress:
             result = imp.swap(source, reference, output, progress=progress, **job)
-    report(result, json_out, quiet)
+    report(result, args)
 
 
+@with_groups(args=JobArgs)
 def novelview(
     source: Annotated[Path, typer.Option("--source", "-s", help="Source photo.", show_default=False)],
     output: OutputOpt,
@@ -191,39 +150,22 @@ def novelview(
     tpose: Annotated[bool, typer.Option("--tpose", help="Show the person in a T-pose instead of their own pose.")] = False,
     fps: Annotated[float, typer.Option("--fps", help="Frame rate of the orbit video.")] = 25.0,
     source_smpl: Annotated[Optional[Path], typer.Option("--source-smpl", help="Known SMPL of the source (one-frame .motion.npz).")] = None,
-    size: SizeOpt = DEFAULT_SIZE,
-    background: BackgroundOpt = "inpaint",
-    front_warp: FrontWarpOpt = False,
-    generator: GeneratorOpt = DEFAULT_GENERATOR,
-    crop: CropOpt = "person",
-    bg_ks: BgKsOpt = BG_KS,
-    ft_ks: FtKsOpt = FT_KS,
     crf: CrfOpt = 18,
     batch_size: BatchOpt = 4,
-    personalize: PersonalizeOpt = False,
-    personalize_steps: TuneStepsOpt = None,
-    personalize_seconds: TuneSecondsOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    renderer: RendererOpt = "auto",
-    weights_dir: WeightsDirOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    args: JobArgs = JobArgs(),
 ) -> None:
     """Novel view synthesis: the source person seen from other angles (orbit video, or images at --yaw/--pitch)."""
-    from impersonator_cli.api import NovelViewOptions, SourceOptions
+    from impersonator_cli.api import NovelViewOptions
 
-    source_options = SourceOptions(crop=crop, background=background, bg_ks=bg_ks, ft_ks=ft_ks)
     options = NovelViewOptions(frames=frames, yaw=tuple(yaw or ()), pitch=tuple(pitch or ()), tpose=tpose, fps=fps,
-                               batch_size=batch_size, front_warp=front_warp, crf=crf)
-    tuning = _tuning(personalize, personalize_steps, personalize_seconds)
-    imp = _impersonator(weights_dir, device, precision, generator, size, renderer)
-    with progress_bars(_phases("novelview", tuning), quiet) as bars:
+                               batch_size=batch_size, front_warp=args.front_warp, crf=crf)
+    source_options, tuning = _source_options(args), _tuning(args)
+    imp = _impersonator(args)
+    with progress_bars(_phases("novelview", tuning), args.quiet) as bars:
         result = imp.novel_view(source, output, options=options, source_smpl=source_smpl,
-                                source_options=source_options, overwrite=overwrite, progress=bars["novelview"],
+                                source_options=source_options, overwrite=args.overwrite, progress=bars["novelview"],
                                 personalize=tuning, tune_progress=bars.get("personalize"))
-    report(result, json_out, quiet)
+    report(result, args)
 
 
 def demo(

@@ -22,7 +22,8 @@ from impersonator_cli.body.tracking import (
     theta_joints, track_frames,
 )
 from impersonator_cli.errors import InputError, UsageError
-from impersonator_cli.render.flow import BG_KS, FT_KS, Masks, condition_masks
+from impersonator_cli.defaults import BG_KS, FT_KS
+from impersonator_cli.render.flow import Masks, condition_masks
 from impersonator_cli.io.images import is_video_path, read_image, resize_rgb
 from impersonator_cli.render.body_view import BodyView, view_body
 

@@ -13,6 +13,7 @@ from typing import Iterator, Sequence, Union
 
 import numpy as np
 
+from impersonator_cli.defaults import DEFAULT_SIZE, SIZES
 from impersonator_cli.devices import Runtime, resolve_runtime
 from impersonator_cli.errors import UsageError
 from impersonator_cli.gan.load import load_generator, load_inpaintor
@@ -24,8 +25,6 @@ from impersonator_cli.types import PathLike
 from impersonator_cli.weights import store as weights
 from impersonator_cli.weights.registry import DEFAULT_GENERATOR
 
-SIZES = (256, 512)  # output sizes: the trained size, and twice it
-DEFAULT_SIZE = 256
 Synthesizer = Union[WarpOnly, LWBSynthesizer]
 
 

@@ -15,11 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from impersonator_cli.errors import UsageError
+from impersonator_cli.defaults import BG_KS, FT_KS
 from impersonator_cli.render.rasterize import Raster
 
 NO_FLOW = -2.0
-BG_KS = 13
-FT_KS = 3
 
 
 def p2verts_from_f2verts(f2verts: Tensor) -> Tensor:

@@ -36,7 +36,8 @@ from impersonator_cli.body.smpl import SMPL
 from impersonator_cli.body.smpl_pickle import _SAFE_GLOBALS
 from impersonator_cli.errors import InputError
 from impersonator_cli.pipeline.compose import flow_composition
-from impersonator_cli.render.flow import FT_KS, erode
+from impersonator_cli.defaults import FT_KS
+from impersonator_cli.render.flow import erode
 from impersonator_cli.gan.losses import head_boxes as official_head_boxes
 from impersonator_cli.io.images import is_image_path, natural_key, read_image, resize_rgb
 from impersonator_cli.render.body_view import BodyView, view_vertices

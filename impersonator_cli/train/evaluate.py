@@ -40,7 +40,7 @@ from impersonator_cli.pipeline.rig import BodyModel
 from impersonator_cli.pipeline.source import source_from_tensors
 from impersonator_cli.pipeline.synth import LWBSynthesizer
 from impersonator_cli.render.body_view import view_body
-from impersonator_cli.render.flow import BG_KS, FT_KS
+from impersonator_cli.defaults import BG_KS, FT_KS
 
 Predict = Callable[[Tensor, Tensor, Tensor], Tensor]
 SOURCES_KEY = "3"  # iPER_ICCV: each of the 3 source frames of s_n["3"] as a single source

@@ -29,7 +29,8 @@ from impersonator_cli.pipeline.compose import flow_composition
 from impersonator_cli.pipeline.rig import BodyModel
 from impersonator_cli.pipeline.source import PreparedSource
 from impersonator_cli.render.body_view import BodyView, view_body
-from impersonator_cli.render.flow import FT_KS, erode, transformation_flow
+from impersonator_cli.defaults import FT_KS
+from impersonator_cli.render.flow import erode, transformation_flow
 from impersonator_cli.render.rasterize import Raster
 
 
