@@ -21,7 +21,8 @@ import pytest
 from support.cli import run_cli
 from support.e2e_world import FRAMES
 from impersonator_cli.io.images import read_image, write_image
-from impersonator_cli.io.video import probe, read_frames
+from impersonator_cli.io.probe import probe
+from impersonator_cli.io.video import read_frames
 
 
 @pytest.fixture

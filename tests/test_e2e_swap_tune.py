@@ -43,7 +43,8 @@ def test_swap_personalize_tunes_on_the_pair_and_reports_it(world, cli, tmp_path,
 
 def test_swap_personalize_with_a_source_video_tunes_once_and_renders_every_frame(world, cli, tmp_path,
                                                                                  monkeypatch):
-    from impersonator_cli.io.video import probe, read_frames
+    from impersonator_cli.io.probe import probe
+    from impersonator_cli.io.video import read_frames
 
     monkeypatch.setenv("IMPERSONATE_CACHE_DIR", str(tmp_path / "cache"))
     f = world.files

@@ -13,7 +13,7 @@ import torch
 from support.e2e_world import standing_theta
 from impersonator_cli.body.hmr import HMR
 from impersonator_cli.demo.mannequin import mannequin_arrays
-from impersonator_cli.io.video import probe
+from impersonator_cli.io.probe import probe
 from support.cli import run_cli
 from support.official_ckpt import build_zip, checkpoints_members, pretrains_members, write_checkpoint
 

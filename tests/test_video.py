@@ -47,7 +47,7 @@ def clip(tmp_path_factory) -> Path:
 
 
 def test_probe_reports_exact_rate_count_and_audio(clip):
-    info = V.probe(clip)
+    info = P.probe(clip)
     assert (info.width, info.height, info.rotation) == (64, 48, 0)
     assert info.fps == NTSC and isinstance(info.fps, Fraction)
     assert info.frame_count == 45 and not info.vfr
@@ -59,7 +59,7 @@ def test_probe_reports_exact_rate_count_and_audio(clip):
 @pytest.mark.parametrize("ext", ["mkv", "ts"])
 def test_probe_snaps_coarse_time_bases_to_the_exact_rate(tmp_path, ext):
     """Matroska counts whole milliseconds (33/34 ms steps for 30000/1001); MPEG-TS 90 kHz is exact."""
-    info = V.probe(media.make_clip(tmp_path / f"clip.{ext}", frames=45))
+    info = P.probe(media.make_clip(tmp_path / f"clip.{ext}", frames=45))
     assert info.fps == NTSC and info.frame_count == 45 and not info.vfr
     assert sum(1 for _ in V.read_frames(tmp_path / f"clip.{ext}")) == 45
 
@@ -78,7 +78,7 @@ def test_unreadable_inputs_raise_input_error_naming_the_file(tmp_path, clip, mak
     }
     bad = makers[make]()
     with pytest.raises(InputError) as err:
-        V.probe(bad)
+        P.probe(bad)
     assert str(bad) in str(err.value)
     with pytest.raises(InputError):
         V.read_frames(bad)
@@ -89,7 +89,7 @@ def test_unreadable_inputs_raise_input_error_naming_the_file(tmp_path, clip, mak
 def test_decode_failure_mid_stream_raises_with_ffmpeg_words(tmp_path):
     src = media.make_clip(tmp_path / "src.mp4", frames=60, audio=False)
     bad = media.make_damaged_tail(src, tmp_path / "bad.mp4")
-    assert V.probe(bad).frame_count == 60  # the index is intact
+    assert P.probe(bad).frame_count == 60  # the index is intact
     got = []
     with pytest.raises(VideoDecodeError) as err:
         with V.read_frames(bad) as frames:
@@ -139,7 +139,7 @@ def test_ffprobe_json_parser_matches_dump_parser():
 def test_rotated_clip_comes_out_upright(tmp_path, rotation):
     plain = read_all(media.make_marker_clip(tmp_path / "plain.mp4"))
     rotated = media.make_marker_clip(tmp_path / f"rot{rotation}.mp4", rotation=rotation)
-    info = V.probe(rotated)
+    info = P.probe(rotated)
     assert info.rotation == rotation
     assert (info.width, info.height) == ((48, 64) if rotation % 180 else (64, 48))
     frames = read_all(rotated)
@@ -153,7 +153,7 @@ def test_rotated_clip_comes_out_upright(tmp_path, rotation):
 
 
 def test_vfr_clip_reads_at_its_average_rate(tmp_path):
-    info = V.probe(media.make_vfr_clip(tmp_path / "vfr.mp4"))
+    info = P.probe(media.make_vfr_clip(tmp_path / "vfr.mp4"))
     assert info.vfr and info.frame_count == 45
     span = 30 / 30 + 15 / 15  # 30 frames 1/30 s apart, then 15 frames 1/15 s apart (last one 1/30 s)
     assert float(info.fps) == pytest.approx(45 / (span - 1 / 30), rel=1e-3)
@@ -164,7 +164,7 @@ def test_vfr_clip_reads_at_its_average_rate(tmp_path):
     # Written back it is constant-rate at exactly that average.
     with V.VideoWriter(tmp_path / "cfr.mp4", info.fps) as writer:
         writer.write(np.stack(got))
-    out = V.probe(tmp_path / "cfr.mp4")
+    out = P.probe(tmp_path / "cfr.mp4")
     assert not out.vfr and out.fps == info.fps and out.frame_count == len(got)
 
 
@@ -218,10 +218,10 @@ def test_image_folder_and_single_image_sources(tmp_path):
 def test_round_trip_keeps_count_rate_audio_and_pixels(tmp_path, clip):
     src = read_all(clip)
     out = tmp_path / "out.mp4"
-    with V.read_frames(clip) as frames, V.VideoWriter(out, V.probe(clip).fps, audio_from=clip) as writer:
+    with V.read_frames(clip) as frames, V.VideoWriter(out, P.probe(clip).fps, audio_from=clip) as writer:
         for frame in frames:
             writer.write(frame)
-    info = V.probe(out)
+    info = P.probe(out)
     assert info.fps == NTSC and info.frame_count == 45
     assert info.has_audio and info.audio_duration == pytest.approx(info.duration, abs=0.05)
     back = read_all(out)
@@ -247,7 +247,7 @@ def test_writer_keeps_every_frame_in_order_and_colour(tmp_path):
 def test_audio_segment_is_cut_and_padded_to_the_video(tmp_path, clip):
     with V.VideoWriter(tmp_path / "seg.mp4", 30, audio_from=clip, audio_start=0.5, audio_duration=0.4) as writer:
         writer.write(np.zeros((30, 48, 64, 3), np.uint8))  # 1 s of video, 0.4 s of source audio
-    info = V.probe(tmp_path / "seg.mp4")
+    info = P.probe(tmp_path / "seg.mp4")
     assert info.frame_count == 30 and info.audio_duration == pytest.approx(1.0, abs=0.05)
 
 
@@ -256,7 +256,7 @@ def test_no_audio_input_gives_silent_output(tmp_path):
     with V.VideoWriter(tmp_path / "out.mp4", 25, audio_from=silent) as writer:
         for frame in V.read_frames(silent):
             writer.write(frame)
-    info = V.probe(tmp_path / "out.mp4")
+    info = P.probe(tmp_path / "out.mp4")
     assert not info.has_audio and info.frame_count == 10 and info.fps == 25
 
 
@@ -361,11 +361,11 @@ def test_chatty_ffmpeg_does_not_block(tmp_path, clip, monkeypatch):
 
 
 def test_ffmpeg_resolution_and_info(monkeypatch, tmp_path):
-    info = V.ffmpeg_info()
+    info = P.ffmpeg_info()
     assert info.libx264 and info.aac and "ffmpeg version" in info.version
     monkeypatch.setenv("IMPERSONATE_FFMPEG", str(tmp_path / "nope"))
     with pytest.raises(EnvironmentProblem) as err:
-        V.find_ffmpeg()
+        P.find_ffmpeg()
     assert "imageio-ffmpeg" in str(err.value)
     monkeypatch.setenv("IMPERSONATE_FFMPEG", info.path)
-    assert V.find_ffmpeg() == info.path
+    assert P.find_ffmpeg() == info.path

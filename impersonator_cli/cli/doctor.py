@@ -91,7 +91,7 @@ def _cpu_kernels_row() -> dict[str, str]:
 
 def _ffmpeg_checks() -> list[dict[str, str]]:
     try:
-        from impersonator_cli.io.video import ffmpeg_info
+        from impersonator_cli.io.probe import ffmpeg_info
 
         info = ffmpeg_info()
     except Exception as exc:  # noqa: BLE001

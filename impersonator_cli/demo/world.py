@@ -25,7 +25,8 @@ from impersonator_cli.body.tracking import padded_frame_box
 from impersonator_cli.io.images import resize_rgb, write_image
 from impersonator_cli.render.body_view import view_body
 from impersonator_cli.render.texture import face_corner_uv, render_texture
-from impersonator_cli.io.video import VideoWriter, find_ffmpeg
+from impersonator_cli.io.probe import find_ffmpeg
+from impersonator_cli.io.video import VideoWriter
 
 FPS = Fraction(25)
 UPRIGHT = (math.pi, 0.0, 0.0)  # HMR's global rotation: SMPL's y-up body upright in the y-down image

@@ -28,16 +28,13 @@ from impersonator_cli.errors import (
     EncodeError, EnvironmentProblem, InputError, OutputError, UsageError, VideoDecodeError,
 )
 from impersonator_cli.io.images import (
-    PathArg, is_image_path, natural_key, read_image, reserve_partial_path, resize_rgb, write_image,
+    PathArg, is_image_path, natural_key, read_image, reserve_partial_path, resize_rgb,
 )
 from impersonator_cli.io.probe import (
-    DEFAULT_IMAGE_FPS, FfmpegInfo, VideoInfo, _check_file, _Child, _INSTALL_HINT, _sync_passthrough, ffmpeg_info, find_ffmpeg, find_ffprobe, has_audio, probe,
+    DEFAULT_IMAGE_FPS, VideoInfo, _check_file, _Child, _INSTALL_HINT, _sync_passthrough, find_ffmpeg, has_audio, probe,
 )
 
-__all__ = [
-    "VideoInfo", "FfmpegInfo", "FrameSource", "VideoWriter", "find_ffmpeg", "find_ffprobe",
-    "ffmpeg_info", "probe", "read_frames", "write_image",
-]
+__all__ = ["FrameSource", "VideoWriter", "read_frames"]
 
 LOGLEVEL = "error"  # ffmpeg -loglevel for decoding/encoding children (raise it to debug ffmpeg)
 SizeArg = Union[int, Tuple[int, int], None]

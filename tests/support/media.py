@@ -11,7 +11,7 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
-from impersonator_cli.io.video import find_ffmpeg
+from impersonator_cli.io.probe import find_ffmpeg
 
 
 def run_ffmpeg(*args: str) -> None:
