@@ -21,7 +21,7 @@ import torch
 import cv2  # noqa: E402,F401
 
 # Keep the suite predictable on small CI machines.
-torch.set_num_threads(int(os.environ.get("TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(config, items):

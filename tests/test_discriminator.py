@@ -8,6 +8,7 @@ from importlib import resources
 import torch
 import torch.nn.functional as F
 
+from support.fp import network_tolerance
 from impersonator_cli.gan.discriminator import GlobalLocalDiscriminator, PatchDiscriminator, crop_resize
 
 
@@ -49,7 +50,10 @@ def test_patch_discriminator_equals_layer_recipe_and_output_size():
     x = torch.randn(2, 6, 64, 64)
     y = d(x)
     assert y.shape == (2, 1, 2, 2)
-    assert (y - _reference(d.state_dict(), x)).abs().max() < 1e-5
+    ref = _reference({k: v.double() for k, v in d.state_dict().items()}, x.double())  # float64
+    # float32 against float64: support/fp.py's error model over the layers run, at the output's scale
+    tol = network_tolerance(d, lambda: d(x), scale=float(ref.abs().max()), runs=1)
+    assert (y.double() - ref).abs().max() <= tol
     assert d(torch.randn(1, 6, 256, 256)).shape == (1, 1, 14, 14)
 
 
@@ -60,7 +64,7 @@ def test_global_local_concatenates_along_batch_and_crop_resize():
     g_in, l_in = torch.randn(2, 4, 64, 64), torch.randn(2, 6, 64, 64)
     out = gl(g_in, l_in)
     assert out.shape == (4, 1, 2, 2)
-    assert torch.allclose(out[:2], gl.global_model(g_in)) and torch.allclose(out[2:], gl.local_model(l_in))
+    assert torch.equal(out[:2], gl.global_model(g_in)) and torch.equal(out[2:], gl.local_model(l_in))
     img = torch.randn(2, 3, 16, 16)
     same = crop_resize(img, torch.tensor([[0, 0, 16, 16], [0, 0, 16, 16]]), (16, 16))
     assert torch.allclose(same, img, atol=1e-6)

@@ -58,7 +58,7 @@ def test_imitate_from_motion_keeps_count_fps_and_audio(world, cli, tmp_path):
     assert '"frames": 8' in res.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # HMR (a ResNet-50) on every driver frame, three times
 def test_driver_as_video_frames_folder_and_motion_file_agree(world, cli, tmp_path):
     f = world.files
     folder = tmp_path / "frames"
@@ -228,7 +228,7 @@ def test_bad_inputs_fail_cleanly(world, cli, tmp_path, monkeypatch):
     assert res.returncode == 6 and "IMPERSONATE_FFMPEG" in res.stderr and not out.exists(), res.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a real process: interpreter start, HMR, then SIGINT
 def test_ctrl_c_leaves_no_output(world, tmp_path):
     out = tmp_path / "long.mp4"
     args = imitate_args(world, out, "--generator", "none", "--batch-size", 1, "--layout", "side-by-side",
@@ -245,7 +245,7 @@ def test_ctrl_c_leaves_no_output(world, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".long")]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the shell script starts one process per photo
 def test_example_batch_script(world, tmp_path):
     f = world.files
     photos = tmp_path / "photos"
@@ -264,7 +264,7 @@ def test_example_batch_script(world, tmp_path):
     assert probe(tmp_path / "out" / "a.mp4").frame_count == 3
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # personalization e2e: tuning forwards and backwards
 def test_personalization_changes_the_result_and_is_cached(world, cli, tmp_path, monkeypatch):
     import json
 
@@ -283,8 +283,7 @@ def test_personalization_changes_the_result_and_is_cached(world, cli, tmp_path, 
     assert np.abs(runs[0][0].astype(int) - frames_of(plain)).mean() > 0.5  # tuning changed the generator
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["rotated", "vfr", "odd-size"])
+@pytest.mark.parametrize("kind", ["rotated", pytest.param("vfr", marks=pytest.mark.slow), "odd-size"])  # vfr: 33 frames
 def test_odd_drivers_work(world, cli, tmp_path, kind):
     from support import media as media
 
@@ -306,7 +305,6 @@ def test_odd_drivers_work(world, cli, tmp_path, kind):
     assert (result.width, result.height) == (512, 256) and result.has_audio == info.has_audio
 
 
-@pytest.mark.slow
 def test_swap_with_a_video_source_writes_a_video(world, cli, tmp_path):
     f = world.files
     out = tmp_path / "swapped.mp4"
@@ -320,7 +318,6 @@ def test_swap_with_a_video_source_writes_a_video(world, cli, tmp_path):
     assert np.abs(frames.astype(int) - original).mean() > 2  # clothes changed on every frame
 
 
-@pytest.mark.slow
 def test_demo_command_writes_viewable_results(tmp_path, cli):
     out = tmp_path / "demo"
     res = cli("demo", "-o", out, "--frames", 6, "--device", "cpu", "--json", "-q")

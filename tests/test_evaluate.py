@@ -11,7 +11,6 @@ import torch
 
 from impersonator_cli.train import metrics
 from impersonator_cli.pipeline.rig import load_body_model
-from impersonator_cli.demo.mannequin_assets import write_mannequin_assets
 from impersonator_cli.errors import InputError
 from impersonator_cli.train.evaluate import (
     EvalReport, GeneratorPredictor, evaluate_self_imitation, format_table, read_protocol, self_imitation_runs,
@@ -104,9 +103,9 @@ def test_protocol_reader_accepts_the_official_format(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, demo_world):
     base = tmp_path_factory.mktemp("eval")
-    write_mannequin_assets(base / "assets")
+    (base / "assets").symlink_to(demo_world.files.weights_dir, target_is_directory=True)  # read only
     make_mannequin_layout(base / "data", n_videos=1, n_frames=12)
     return base
 

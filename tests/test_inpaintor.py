@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from support.fp import gamma, gamma_prob
 from impersonator_cli.gan.blocks import init_weights
 from impersonator_cli.gan.inpaintor import (
     GatedConv, GatedDeconv, InpaintSANet, SelfAttention, attention_fast, attention_reference,
@@ -73,11 +74,16 @@ def test_gated_conv_formula_and_padding():
     y = block(x)
     assert y.shape == (2, 5, 6, 5)  # 4x4 stride 2 halves exactly
     bn = block.batch_norm2d
-    gated = F.leaky_relu(block.conv2d(x), 0.2) * torch.sigmoid(block.mask_conv2d(x))
-    ref = (gated - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1)
-                                                                  + bn.eps)
-    ref = ref * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
-    assert (y - ref).abs().max() < 1e-5
+    with torch.no_grad():  # the block's own float32 convolutions, then the formula in float64
+        feature, gate = block.conv2d(x).double(), block.mask_conv2d(x).double()
+    mean, var, w, b = (t.detach().double().view(1, -1, 1, 1) for t in (bn.running_mean, bn.running_var,
+                                                                       bn.weight, bn.bias))
+    gated = F.leaky_relu(feature, 0.2) * torch.sigmoid(gate)
+    ref = (gated - mean) / torch.sqrt(var + bn.eps) * w + b
+    # float32 after the convolutions: sigmoid (exp, add, divide: <= 4 roundings), the gating product,
+    # the batch-norm affine (subtract, sqrt, add, divide, multiply, add): gamma_12 of the terms' sizes
+    bound = gamma(12) * ((gated.abs() + mean.abs()) / torch.sqrt(var + bn.eps) * w.abs() + b.abs())
+    assert ((y.double() - ref).abs() <= bound).all()
     lin = GatedConv(3, 3, 3, activation=False).eval()
     z = lin(x)  # output layer: no LeakyReLU, so negative features survive the gate
     assert z.shape == x.shape and (z < -1e-3).any()
@@ -85,14 +91,31 @@ def test_gated_conv_formula_and_padding():
     assert GatedConv(3, 3, 5)(x).shape == x.shape
     up = GatedDeconv(3, 4).eval()  # nearest x2 (each pixel repeated 2x2), then a 3x3 gated conv
     nearest = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
-    assert torch.allclose(up(x), up.conv2d(nearest), atol=1e-6)
+    assert torch.equal(up(x), up.conv2d(nearest))
+
+
+def _attention_bound(q, k, v):
+    """Per output value, how far any float32 evaluation of softmax(q^T k) v may be from the exact one
+    (q, k: B x C x N, v: B x C' x N). A logit q_i . k_j is off by <= gamma_{C+2} |q_i| . |k_j| = e_ij; a
+    softmax weight p_ij then by <= p_ij (e_ij + max_j e_ij) plus gamma_prob(N + 8) p_ij for the
+    exponentials, running maxima and the normalising N-term sum (fused kernels rescale block by
+    block); the weighted N-term sum of values adds gamma_prob(N + 8) sum_j p_ij |v_j|. So
+    |d out_i| <= (2 max_j e_ij + 2 gamma_prob(N + 8)) sum_j p_ij |v_j|, all computed in float64."""
+    qd, kd, vd = q.double(), k.double(), v.double()
+    n = q.shape[2]
+    p = torch.softmax(torch.bmm(qd.transpose(1, 2), kd), dim=-1)             # B x N x N
+    e = gamma(q.shape[1] + 2) * torch.bmm(qd.abs().transpose(1, 2), kd.abs()).amax(-1)  # B x N
+    size = torch.bmm(vd.abs(), p.transpose(1, 2))                            # B x C' x N
+    return (2 * e[:, None, :] + 2 * gamma_prob(n + 8)) * size
 
 
 def test_fast_attention_equals_reference():
     g = torch.Generator().manual_seed(2)
     q, k = torch.randn(2, 4, 60, generator=g), torch.randn(2, 4, 60, generator=g)
     v = torch.randn(2, 16, 60, generator=g)
-    assert (attention_fast(q, k, v) - attention_reference(q, k, v)).abs().max() < 1e-5
+    exact = attention_reference(q.double(), k.double(), v.double())
+    for attention in (attention_fast, attention_reference):
+        assert ((attention(q, k, v).double() - exact).abs() <= _attention_bound(q, k, v)).all()
     # reference semantics on a hand case: one key dominates -> every output is that value
     q1 = torch.ones(1, 1, 3)
     k1 = torch.tensor([[[0.0, 50.0, 0.0]]])
@@ -104,7 +127,15 @@ def test_fast_attention_equals_reference():
     x = torch.randn(1, 16, 6, 5)
     slow = SelfAttention(16, fast=False)
     slow.load_state_dict(attn.state_dict())
-    assert (attn(x) - slow(x)).abs().max() < 1e-5
+    with torch.no_grad():
+        q, k, v = (conv(x).flatten(2) for conv in (attn.query_conv, attn.key_conv, attn.value_conv))
+    # both take the same q, k, v; each attention is within the bound of the exact one (times
+    # gamma = 0.5), and x + gamma * a rounds twice more
+    with torch.no_grad():
+        fast_out, slow_out = attn(x), slow(x)
+    sizes = x.abs() + (fast_out - x).abs()  # |x| + |gamma a|
+    bound = 2 * 0.5 * _attention_bound(q, k, v).view(1, 16, 6, 5) + gamma(3) * sizes.double()
+    assert ((fast_out - slow_out).abs().double() <= bound).all()
     with torch.no_grad():
         attn.gamma.zero_()
     assert torch.equal(attn(x), x)  # gamma = 0 (its init) is the identity
@@ -141,6 +172,12 @@ def test_empty_and_full_masks_are_finite(net):
     for m in (torch.zeros_like(mask), torch.ones_like(mask)):
         out = net(img, m)
         assert torch.isfinite(out.refined).all() and torch.isfinite(out.coarse).all()
+    # all hole: nothing of the image may leak into the result
+    full = torch.ones_like(mask)
+    other = net(torch.rand_like(img) * 2 - 1, full)
+    assert torch.equal(net(img, full).refined, other.refined)
+    # no hole: the image is the input, so another image gives another result
+    assert not torch.equal(net(img, torch.zeros_like(mask)).refined, net(img.flip(-1), torch.zeros_like(mask)).refined)
 
 
 def test_training_init_and_batch_norm_in_train_mode():

@@ -21,8 +21,10 @@ def arrays():
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return ma.write_mannequin_assets(tmp_path_factory.mktemp("mannequin"))
+def assets(demo_world):
+    """The files write_mannequin_assets wrote into the shared demo world (read only)."""
+    names = ("smpl_model.pkl", "smpl_faces.npy", "mapper.txt", "smpl_part_info.json", "front_facial.json", "head.json")
+    return {name: demo_world.files.weights_dir / name for name in names}
 
 
 def _edges(faces: np.ndarray) -> np.ndarray:

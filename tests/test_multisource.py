@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from impersonator_cli.api import Impersonator, SourceOptions
-from impersonator_cli.demo.mannequin_assets import write_mannequin_assets
 from impersonator_cli.pipeline.rig import load_body_model
 from impersonator_cli.body.motion import MotionData, save_motion
 from impersonator_cli.body.tracking import padded_frame_box
@@ -36,9 +35,9 @@ def one_frame(path, pose):
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
+def photos(tmp_path_factory, demo_world):
     root = tmp_path_factory.mktemp("multi")
-    write_mannequin_assets(root / "assets")
+    (root / "assets").symlink_to(demo_world.files.weights_dir, target_is_directory=True)  # read only
     body = load_body_model(root / "assets")
     cam = MannequinPhotographer(body)
     half = cam.texture.shape[-1] // 2

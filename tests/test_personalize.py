@@ -146,7 +146,9 @@ def test_face_term_runs_with_a_given_network(scene):
     torch.manual_seed(0)
     face = FaceLoss(Sphere20a(widths=(4, 8, 8, 8)))
     report = L.personalize(_generator(), data, L.IMITATE, L.Budget(steps=1), batch_size=2, face=face, cache=False)
-    assert report.face_used and report.terms[0].face > 0
+    t = report.terms[0]
+    assert report.face_used and t.face > 0
+    assert t.total == pytest.approx(10 * t.cycle + 10 * t.struct + t.face + 5 * t.mask, rel=1e-5)  # it counts
 
 
 def test_missing_sphereface_is_a_note_or_an_error(scene, tmp_path, monkeypatch):

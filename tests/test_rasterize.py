@@ -8,21 +8,46 @@ import numpy as np
 import pytest
 import torch
 
+from support.fp import gamma
 from impersonator_cli.render import rasterize as R
 from support.render_bench import synthetic_body, uv_sphere
 from impersonator_cli.render.rasterize import EYE_DISTANCE, face_vertices, rasterize
 from support.render_reference import rasterize_reference
 
 
+def _weight_bound(f2verts: torch.Tensor, fim: np.ndarray, size: int) -> np.ndarray:
+    """Per pixel (B x N x N x 1), how far float32 barycentrics may be from the float64 reference's.
+
+    A barycentric is a ratio of signed areas in pixel units: w_i = A_i / A, A = twice the face's area.
+    Float32 puts each vertex coordinate off by ~u n pixels (the NDC -> pixel mapping) and each area,
+    a difference of two products of coordinate differences (<= L, the face's perimeter), off by
+    ~u L^2; so |dA_i|, |dA| <= c u (L^2 + n L) and |dw_i| <= |dA_i| / |A| + w_i |dA| / |A|
+    <= 2 c u (L^2 + n L) / |A|. c = 16 allows for the renormalisation and the depth test's
+    perspective terms."""
+    v = f2verts.detach().double().numpy()
+    b = np.arange(v.shape[0])[:, None, None]
+    corners = v[b, np.maximum(fim, 0)]                          # B x N x N x 3 x 3
+    px, py = 0.5 * (corners[..., 0] * size + size - 1), 0.5 * (corners[..., 1] * size + size - 1)
+    area = np.abs((px[..., 1] - px[..., 0]) * (py[..., 2] - py[..., 0])
+                  - (px[..., 2] - px[..., 0]) * (py[..., 1] - py[..., 0]))
+    perimeter = sum(np.hypot(px[..., i] - px[..., j], py[..., i] - py[..., j]) for i, j in ((0, 1), (1, 2), (2, 0)))
+    with np.errstate(divide="ignore"):
+        bound = 2 * gamma(16) * (perimeter ** 2 + size * perimeter) / area
+    return bound[..., None]
+
+
 def _compare(f2verts: torch.Tensor, size: int) -> tuple[float, float, int]:
-    """(fraction of agreeing pixels, max weight error where they agree, #foreground pixels)."""
+    """(fraction of agreeing pixels, max weight error where they agree relative to the float32
+    bound of _weight_bound (<= 1 passes), #foreground pixels)."""
     fast = rasterize(f2verts, size)
     fim, wim = rasterize_reference(f2verts, size)
     agree = fast.face_index.numpy() == fim
     both = agree & (fim >= 0)
-    err = float(np.abs(fast.weights.numpy()[both] - wim[both]).max()) if both.any() else 0.0
+    ratio = np.abs(fast.weights.numpy() - wim) / _weight_bound(f2verts, fim, size)
+    err = float(ratio[both].max()) if both.any() else 0.0
     assert (fast.weights[fast.face_index < 0] == 0).all()
-    assert torch.allclose(fast.weights[fast.face_index >= 0].sum(-1), torch.tensor(1.0))
+    sums = fast.weights[fast.face_index >= 0].sum(-1)
+    assert ((sums - 1).abs() <= gamma(3)).all()  # normalised: two additions and a division
     return float(agree.mean()), err, int((fim >= 0).sum())
 
 
@@ -39,7 +64,7 @@ def test_agrees_with_reference_on_random_meshes(spread, size, seed):
     agree, err, fg = _compare(_random_mesh(2, 80, spread, seed), size)
     assert fg > 50
     assert agree >= 0.999
-    assert err < 1e-5
+    assert err <= 1.0
 
 
 def test_agrees_with_reference_on_closed_13776_face_mesh():
@@ -52,7 +77,7 @@ def test_agrees_with_reference_on_closed_13776_face_mesh():
     agree, err, fg = _compare(f2v, 64)
     assert fg > 500
     assert agree >= 0.999
-    assert err < 1e-5
+    assert err <= 1.0
 
 
 def _triangle(points, z=0.0) -> torch.Tensor:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from impersonator_cli.demo.mannequin import mannequin_arrays
-from impersonator_cli.demo.mannequin_assets import mannequin_texture, mannequin_uv, write_mannequin_assets
+from impersonator_cli.demo.mannequin_assets import mannequin_texture, mannequin_uv
 from impersonator_cli.pipeline.rig import load_body_model
 from impersonator_cli.body.smpl import SMPL
 from impersonator_cli.errors import InputError, WeightsError
@@ -85,9 +85,10 @@ def make_mannequin_layout(root: Path, n_videos: int = 2, n_frames: int = FRAMES,
 
 
 @pytest.fixture(scope="module")
-def layout(tmp_path_factory):
+def layout(tmp_path_factory, demo_world):
+    """base/data: the iPER layout; base/assets: the shared demo world's mannequin assets (read only)."""
     base = tmp_path_factory.mktemp("iper")
-    write_mannequin_assets(base / "assets")
+    (base / "assets").symlink_to(demo_world.files.weights_dir, target_is_directory=True)
     make_mannequin_layout(base / "data")
     return base
 
@@ -225,6 +226,7 @@ def test_missing_vgg_weights_are_named(layout, tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow  # two processes start, each importing torch, then DDP over gloo
 def test_two_processes_under_torchrun_stay_in_sync(layout, tmp_path, one_thread):
     sums = tmp_path / "sums"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

@@ -284,7 +284,7 @@ def _stage(row: Artefact, member: Member, staging: Path) -> tuple[dict[str, Path
         if prefix and not digest.startswith(prefix):
             raise WeightsError(
                 f"{member.label} is not the torchvision file: its sha256 does not start with {prefix}",
-                hint=f"Fetch it again from {weights.VGG_URL}.")
+                hint=f"Fetch it again from {registry.VGG_URL}.")
         sd = load_official_state_dict(raw, row.section)
         config = {**row.config, "name": row.name, "section": row.section,
                   "source": row.official_path, "source_sha256": digest}

@@ -1,5 +1,7 @@
 """Inputs for end-to-end tests: the demo's mannequin world plus networks in the official formats.
 
+Built once per test session by the `demo_world` fixture (tests/conftest.py); tests only read it.
+
 - `hmr.safetensors`: the official HMR layout with the mannequin's SMPL arrays and a regressor whose
   last layer is zero, so every crop yields mean_theta: a standing person filling the crop. HMR with
   random weights otherwise "sees" nonsense; this keeps the recovered motion plausible and exact.
