@@ -113,3 +113,18 @@ def test_the_checker_sees_an_upward_import_and_a_cycle(tmp_path):
     rel.write_text("from ..render import maps\nfrom . import smpl\n")
     known = {"impersonator_cli.render.maps", "impersonator_cli.body.smpl"}
     assert imported("impersonator_cli.body.x", rel, known) == known
+
+
+def test_the_package_root_exports_the_api_and_the_cli_starts_light():
+    """`from impersonator_cli import Impersonator` works; loading the CLI (for --help, --version, a usage
+    error) imports neither torch nor the API, which load on first use."""
+    import subprocess
+    import sys
+
+    from impersonator_cli import Impersonator, ImitateOptions, SourceOptions
+    from impersonator_cli import api
+
+    assert (Impersonator, ImitateOptions, SourceOptions) == (api.Impersonator, api.ImitateOptions, api.SourceOptions)
+    code = "import sys, impersonator_cli.cli; print(sorted(m for m in ('torch', 'impersonator_cli.api') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from impersonator_cli.weights import store as weights
-from impersonator_cli.weights.download import download
 from impersonator_cli.cli.options import JsonOpt, WeightsDirOpt
 
 weights_app = typer.Typer(
@@ -125,6 +124,8 @@ def download_weights(
     json_out: JsonOpt = False,
 ) -> None:
     """Download converted weights from a pinned Hugging Face repo (the only command using the network)."""
+    from impersonator_cli.weights.download import download
+
     report = download(repo, revision, weights_dir, names=name or None)
     if json_out:
         _print_json(report.to_dict())
