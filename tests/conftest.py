@@ -119,3 +119,11 @@ def _global_state_guard():
             b, a = leaked["environ"]
             leaked["environ"] = {k: (b.get(k), a.get(k)) for k in b.keys() | a.keys() if b.get(k) != a.get(k)}
         pytest.fail(f"the test left process-wide state changed: {leaked}", pytrace=False)
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(*args) -> returncode, stdout, stderr of `impersonate *args`, run in this process."""
+    from support.cli import run_cli
+
+    return lambda *args: run_cli(capsys, *args)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support.cli import run_cli
 from support.e2e_world import FRAMES
 from impersonator_cli.io.images import read_image, write_image
 from impersonator_cli.io.probe import probe
@@ -28,12 +27,6 @@ from impersonator_cli.io.video import read_frames
 @pytest.fixture
 def world(demo_world):
     return demo_world
-
-
-@pytest.fixture
-def cli(capsys):
-    """cli(*args) -> returncode, stdout, stderr of `impersonate *args`, run in this process."""
-    return lambda *args: run_cli(capsys, *args)
 
 
 def imitate_args(world, out, *extra, driver=None):

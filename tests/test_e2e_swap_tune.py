@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from impersonator_cli.io.images import read_image
-from support.cli import run_cli
 
 pytestmark = pytest.mark.slow  # personalization runs the generator forwards and backwards
 
@@ -17,11 +16,6 @@ pytestmark = pytest.mark.slow  # personalization runs the generator forwards and
 @pytest.fixture
 def world(demo_world):
     return demo_world
-
-
-@pytest.fixture
-def cli(capsys):
-    return lambda *args: run_cli(capsys, *args)
 
 
 def test_swap_personalize_tunes_on_the_pair_and_reports_it(world, cli, tmp_path, monkeypatch):
