@@ -12,17 +12,20 @@ personalization steps).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from impersonator_cli.body.motion import MotionData
 from impersonator_cli.jobs import imitate as imitate_job
 from impersonator_cli.jobs import novelview as novelview_job
 from impersonator_cli.jobs import swap as swap_job
 from impersonator_cli.jobs.common import JobResult, Source, prepare
-from impersonator_cli.jobs.imitate import ImitateOptions
+from impersonator_cli.jobs.imitate import ImitateOptions, check_imitate
 from impersonator_cli.jobs.motion import extract_motion_file
-from impersonator_cli.jobs.novelview import NovelViewOptions
+from impersonator_cli.jobs.novelview import NovelViewOptions, check_novel_view
+from impersonator_cli.jobs.swap import check_swap
 from impersonator_cli.pipeline.source import PreparedSource, SourceOptions
 from impersonator_cli.defaults import DEFAULT_SIZE
 from impersonator_cli.pipeline.stages import Stages, load_stages
@@ -32,7 +35,7 @@ from impersonator_cli.types import PathLike, Progress
 from impersonator_cli.weights.registry import DEFAULT_GENERATOR
 
 __all__ = ["Impersonator", "ImitateOptions", "JobResult", "NovelViewOptions", "PersonalizeOptions", "SourceOptions",
-           "extract_motion_file"]
+           "check_imitate", "check_novel_view", "check_swap", "extract_motion_file"]
 
 
 class Impersonator:
@@ -71,12 +74,19 @@ class Impersonator:
                 options: ImitateOptions = ImitateOptions(), source_smpl: Sequence[PathLike] = (),
                 source_options: SourceOptions = SourceOptions(), overwrite: bool = False,
                 progress: Progress | None = None, personalize: PersonalizeOptions | None = None,
-                tune_progress: Progress | None = None) -> JobResult:
+                tune_progress: Progress | None = None, motion: MotionData | None = None) -> JobResult:
         """The source person(s) perform the driver's motion; writes a video at the driver's frame rate.
-        `sources`: photos or prepared sources (`source_smpl`: one SMPL motion file per photo)."""
+        `sources`: photos or prepared sources (`source_smpl`: one SMPL motion file per photo).
+        `motion`: the driver's motion from `driver_motion` (same driver and options), to reuse it."""
         return imitate_job.imitate(self.stages, sources, driver, output, options=options, source_smpl=source_smpl,
                                    source_options=source_options, overwrite=overwrite, progress=progress, personalize=personalize,
-                                   tune_progress=tune_progress)
+                                   tune_progress=tune_progress, motion=motion)
+
+    def driver_motion(self, driver: PathLike, options: ImitateOptions = ImitateOptions(),
+                      progress: Progress | None = None) -> MotionData:
+        """The driver's motion exactly as `imitate` recovers it with these options (from a motion file:
+        its slice), to pass to many `imitate` calls."""
+        return imitate_job.driver_motion(self.body, Path(driver), options, progress)
 
     def swap(self, source: Source, reference: Source, output: PathLike, *, parts: str | Sequence[str] = "body",
              front_warp: bool = False, source_smpl: PathLike | None = None, reference_smpl: PathLike | None = None,

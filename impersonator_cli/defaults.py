@@ -3,7 +3,24 @@
 The registry's default generator is `weights.registry.DEFAULT_GENERATOR`.
 """
 
+import os
+from pathlib import Path
+
 SIZES = (256, 512)  # output sizes: the trained size, and twice it
 DEFAULT_SIZE = 256
 BG_KS = 13  # dilation (px) of the body mask before background inpainting (official --bg_ks)
 FT_KS = 3  # dilation (px) of the source crop mask, and erosion of pseudo masks (official --ft_ks)
+
+ENV_CACHE_DIR = "IMPERSONATE_CACHE_DIR"  # per-user cache root (personalized generators, weights checks)
+
+
+def cache_root() -> Path:
+    """$IMPERSONATE_CACHE_DIR, else ~/.cache/impersonate (read when called: tests and users may set it late)."""
+    root = os.environ.get(ENV_CACHE_DIR)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "impersonate"
+
+
+# Largest image (width x height) read from a file: 2^28 = 268,435,456 pixels (e.g. 16384 x 16384;
+# a 200-megapixel phone photo fits). Checked on the header before decoding: a few bytes can claim
+# 100000 x 100000 pixels. A quarter of OpenCV's own CV_IO_MAX_IMAGE_PIXELS (2^30).
+MAX_IMAGE_PIXELS = 1 << 28

@@ -9,7 +9,7 @@ Exit codes (documented in the README):
   4   missing or invalid weights
   5   output problem (exists without --overwrite, not writable)
   6   runtime environment problem (ffmpeg missing or failing, device unavailable)
-  130 interrupted (Ctrl-C)
+  128+N interrupted by signal N, nothing left half-written: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ class ImpersonateError(Exception):
             text = f"{text} {self.hint.rstrip()}"
         return text
 
+    def to_dict(self) -> dict:
+        """JSON-ready: the `error` object of `--json` output and of batch results."""
+        return {"kind": type(self).__name__, "message": self.message, "hint": self.hint,
+                "exit_code": self.exit_code, "path": self.path}
+
     def full_text(self) -> str:
         """Paragraph plus any tool output (e.g. the relevant part of ffmpeg's stderr)."""
         if not self.detail:
@@ -90,6 +95,15 @@ class EncodeError(EnvironmentProblem):
 
 
 EXIT_INTERRUPTED = 130
+
+
+def check_option(ok: bool, name: str, want: str, got: object, flag: str | None = None) -> None:
+    """UsageError unless `ok`: the option `name` (an API argument; `flag`, by default `--name-with-dashes`,
+    on the command line) must be `want`. Jobs check every option so before any weight or file is read."""
+    if not ok:
+        flag = flag or "--" + name.replace("_", "-")
+        raise UsageError(f"Invalid {name} ({flag}): it must be {want}, but it is {got!r}",
+                         hint=f"Change {flag} (or `{name}=` in the Python API).")
 
 
 def stderr_tail(text: str | bytes | None, max_lines: int = 12, max_chars: int = 2000) -> str:

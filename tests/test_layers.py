@@ -27,6 +27,7 @@ LAYERS = (
     ("jobs",),
     ("train",),
     ("api",),
+    ("batch",),
     ("demo",),
     ("cli",),
     ("__main__", "__init__"),

@@ -16,6 +16,10 @@ A motion file is a plain .npz (numpy arrays only, read with allow_pickle=False):
   smooth_sigma  float64 ()        Gaussian smoothing applied, in frames (0 = none)
   start         float64 ()        seconds skipped at the driver's start
   source_name   str ()            the driver's file name (for messages only)
+  times         float64 (T,)      optional, variable-rate drivers only: each frame's time in seconds
+                                  on the driver's clock (from its first frame), ascending. Without
+                                  it, frame i is at start + i / fps. With it, fps is the constant
+                                  rate outputs are written at (io/timing.py).
 
 Writes are atomic (a hidden temp file renamed into place). Loading checks every key's dtype, shape
 and finiteness and the version; anything wrong raises InputError telling how to re-create the file.
@@ -24,18 +28,19 @@ and finiteness and the version; anything wrong raises InputError telling how to 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from os import PathLike
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from torch import nn
 
 from impersonator_cli.errors import InputError, OutputError
 from impersonator_cli.io.images import is_image_path, natural_key, reserve_partial_path
+from impersonator_cli.io.publish import publish
 from impersonator_cli.body import smoothing
 from impersonator_cli.body.tracking import Progress, ThetaFn, TrackerConfig, hmr_theta_fn, track_frames
 
@@ -61,6 +66,7 @@ class MotionData:
     smooth_sigma: float = 0.0
     start: float = 0.0
     source_name: str = ""
+    times: Optional[np.ndarray] = None
     version: int = field(default=MOTION_VERSION)
 
     def __post_init__(self) -> None:
@@ -74,10 +80,22 @@ class MotionData:
         object.__setattr__(self, "fps", Fraction(self.fps))
         object.__setattr__(self, "frame_size", (int(self.frame_size[0]), int(self.frame_size[1])))
         object.__setattr__(self, "missing", tuple(int(i) for i in self.missing))
+        if self.times is not None:
+            times = np.ascontiguousarray(self.times, dtype=np.float64)
+            if times.shape != (len(self.cams),) or not _ascending(times):
+                raise ValueError(f"times must be {len(self.cams)} finite ascending seconds, got {times.shape}")
+            object.__setattr__(self, "times", times)
 
     @property
     def frame_count(self) -> int:
         return int(self.cams.shape[0])
+
+    @property
+    def frame_times(self) -> np.ndarray:
+        """Each frame's time in seconds on the driver's clock (T, float64)."""
+        if self.times is not None:
+            return self.times
+        return self.start + np.arange(self.frame_count, dtype=np.float64) / float(self.fps)
 
     @property
     def thetas(self) -> np.ndarray:
@@ -129,6 +147,7 @@ def _arrays(motion: MotionData) -> dict[str, np.ndarray]:
         "smooth_sigma": np.array(motion.smooth_sigma, dtype=np.float64),
         "start": np.array(motion.start, dtype=np.float64),
         "source_name": np.array(motion.source_name),
+        **({} if motion.times is None else {"times": motion.times}),
     }
 
 
@@ -143,14 +162,13 @@ def save_motion(path: str | PathLike, motion: MotionData, *, overwrite: bool = F
     try:
         with open(tmp, "wb") as handle:
             np.savez(handle, **_arrays(motion))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError("Cannot write the motion file", path=path,
-                          hint="Check free space and permissions of the folder.", detail=str(exc)) from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError("Cannot write the motion file", path=path,
+                              hint="Check free space and permissions of the folder.", detail=str(exc)) from exc
+        raise
+    return publish(tmp, path, overwrite)  # never replaces a file that appeared meanwhile, unless overwrite
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +225,21 @@ def _check_arrays(path: Path, data: Mapping[str, np.ndarray]) -> None:
             raise _bad(path, f"'{key}' holds non-finite values")
 
 
+def _ascending(times: np.ndarray) -> bool:
+    return bool(np.isfinite(times).all() and (times >= 0).all() and (np.diff(times) > 0).all())
+
+
+def _check_times(path: Path, data: Mapping[str, np.ndarray]) -> None:
+    """The optional per-frame times: T ascending non-negative float64 seconds."""
+    times = data.get("times")
+    if times is None:
+        return
+    if times.dtype != np.float64 or times.shape != (data["cams"].shape[0],):
+        raise _bad(path, f"'times' has type {times.dtype} and shape {times.shape}, expected float64 (T,)")
+    if not _ascending(times):
+        raise _bad(path, "'times' must be finite, non-negative and strictly ascending")
+
+
 def _check_values(path: Path, data: Mapping[str, np.ndarray]) -> None:
     frames = data["cams"].shape[0]
     missing = data["missing"]
@@ -233,13 +266,14 @@ def load_motion(path: str | PathLike) -> MotionData:
     _check_version(path, data)
     _check_arrays(path, data)
     _check_values(path, data)
+    _check_times(path, data)
     return MotionData(
         cams=data["cams"], poses=data["poses"], shapes=data["shapes"], boxes=data["boxes"],
         fps=Fraction(int(data["fps"][0]), int(data["fps"][1])),
         frame_size=(int(data["frame_size"][0]), int(data["frame_size"][1])),
         content_hash=str(data["content_hash"]), missing=tuple(int(i) for i in data["missing"]),
         smooth_sigma=float(data["smooth_sigma"]), start=float(data["start"]),
-        source_name=str(data["source_name"]), version=int(data["version"]))
+        source_name=str(data["source_name"]), times=data.get("times"), version=int(data["version"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,7 +291,8 @@ def smooth_motion(cams: np.ndarray, poses: np.ndarray, shapes: np.ndarray,
 def extract_motion(driver_path: str | PathLike, hmr: nn.Module | ThetaFn, smpl: nn.Module, *,
                    batch_size: int = 8, max_frames: int | None = None, start: float = 0.0,
                    duration: float | None = None, smooth_sigma: float = 0.0,
-                   progress: Progress | None = None, config: TrackerConfig | None = None) -> MotionData:
+                   progress: Progress | None = None, config: TrackerConfig | None = None,
+                   role: str = "driver") -> MotionData:
     """Recover the driver's motion: frames read with video.read_frames, bodies by `track_frames`.
 
     hmr: the HMR module (any device) or a θ function (crops B x 3 x 224 x 224 -> θ B x 85);
@@ -271,9 +306,10 @@ def extract_motion(driver_path: str | PathLike, hmr: nn.Module | ThetaFn, smpl: 
     digest = content_hash(path)
     with read_frames(path, start=start, duration=duration, max_frames=max_frames) as frames:
         track = track_frames(frames, hmr_theta_fn(hmr), smpl, batch_size=batch_size, config=config,
-                             source=path, total=len(frames), progress=progress)
-        fps = frames.fps
+                             source=path, total=len(frames), progress=progress, role=role)
+        fps, times = frames.fps, frames.times
     cams, poses, shapes = smooth_motion(track.cams, track.poses, track.shapes, smooth_sigma)
     return MotionData(cams=cams, poses=poses, shapes=shapes, boxes=track.boxes, fps=fps,
                       frame_size=track.frame_size, content_hash=digest, missing=tuple(track.missing),
-                      smooth_sigma=float(smooth_sigma), start=float(start), source_name=path.name)
+                      smooth_sigma=float(smooth_sigma), start=float(start), source_name=path.name,
+                      times=times)

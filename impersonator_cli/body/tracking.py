@@ -229,19 +229,27 @@ def fill_missing(values: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, list[i
     return values[source], [int(i) for i in np.flatnonzero(~ok)]
 
 
+def no_person_error(role: str, frames: int, source: str | PathLike | None) -> InputError:
+    """The error for a `role` ('driver', 'source photo', ...) of `frames` frames where no person was found."""
+    where = f"the {role}" if frames == 1 else f"any frame of the {role}"
+    kind = role.split()[-1]  # driver, photo, video
+    return InputError(
+        f"No person found in {where}", path=source,
+        hint=f"The body model could not place a person in it. Use a {kind} showing one person, whole or "
+             "most of the body, large enough in the frame.")
+
+
 def finish_track(thetas: np.ndarray, boxes: np.ndarray, ok: np.ndarray, frame_size: tuple[int, int],
-                 source: str | PathLike | None = None) -> MotionTrack:
+                 source: str | PathLike | None = None, role: str = "driver") -> MotionTrack:
     """Crop θ of every frame -> MotionTrack in the frame convention, bad frames held.
 
     thetas: T x 85 crop-normalized θ (pass 2), boxes: T x 3 their crops, ok: T bool.
-    Raises InputError naming `source` when no frame is plausible.
+    Raises InputError naming the `role` ('driver', 'source photo', ...) and `source` when no frame
+    is plausible.
     """
     ok = np.asarray(ok, dtype=bool)
     if not ok.any():
-        raise InputError(
-            "No person found in any frame of the driver", path=source,
-            hint="The body model could not place a person in any frame. Use a video showing one "
-                 "person, whole or most of the body, large enough in the frame.")
+        raise no_person_error(role, ok.size, source)
     thetas = np.asarray(thetas, np.float64).copy()
     good = np.flatnonzero(ok)
     cams = cam_crop_to_frame_norm(torch.from_numpy(thetas[good, :3]), boxes[good], frame_size)
@@ -362,12 +370,13 @@ def _batches(frames: Iterable[np.ndarray], size: int) -> Iterable[list[np.ndarra
 
 def track_frames(frames: Iterable[np.ndarray], theta_fn: ThetaFn, smpl: nn.Module, *, batch_size: int = 8,
                  config: TrackerConfig | None = None, source: str | PathLike | None = None,
-                 total: int | None = None, progress: Progress | None = None) -> MotionTrack:
+                 total: int | None = None, progress: Progress | None = None, role: str = "driver") -> MotionTrack:
     """Recover the body in every frame of a stream (RGB uint8 H x W x 3, all one size).
 
     theta_fn: HMR as a function (`hmr_theta_fn(load_hmr(...))`), smpl: the SMPL module.
     Frames stream through in batches of `batch_size`; memory holds one batch of frames.
-    source names the driver in errors; progress(done, total) is called after each batch.
+    Errors name the `role` ('driver', 'source photo', ...) and the file `source`; progress(done, total)
+    is called after each batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -378,14 +387,14 @@ def track_frames(frames: Iterable[np.ndarray], theta_fn: ThetaFn, smpl: nn.Modul
     for batch in _batches(frames, batch_size):
         size = size or (batch[0].shape[1], batch[0].shape[0])
         if any(f.shape[:2] != (size[1], size[0]) for f in batch):
-            raise InputError("The driver's frames change size", path=source,
+            raise InputError(f"The {role}'s frames change size", path=source,
                              hint="Use a video (or image folder) whose frames all have one size.")
         parts.append(tracker.step(batch))
         done += len(batch)
         if progress is not None:
             progress(done, total)
     if size is None:
-        raise InputError("The driver has no frames", path=source,
+        raise InputError(f"The {role} has no frames", path=source,
                          hint="Check the file, and that start/duration select part of it.")
     thetas, boxes, ok = (np.concatenate(p) for p in zip(*parts))
-    return finish_track(thetas, boxes, ok, size, source)
+    return finish_track(thetas, boxes, ok, size, source, role)

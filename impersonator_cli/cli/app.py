@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from impersonator_cli.version import __version__
-from impersonator_cli.errors import EXIT_INTERRUPTED, ImpersonateError
+from impersonator_cli.cli.interrupts import (
+    Interrupts,
+    interrupt_handlers,
+    interrupted_line,
+)
+from impersonator_cli.cli.interrupts import exit_code as interrupted_exit_code
 from impersonator_cli.cli.options import JsonOpt, WeightsDirOpt
+from impersonator_cli.errors import (
+    EXIT_INTERRUPTED,
+    EncodeError,
+    ImpersonateError,
+    VideoDecodeError,
+)
+from impersonator_cli.io.publish import publish_mark, published_since
+from impersonator_cli.version import __version__
 
 app = typer.Typer(
     name="impersonate",
@@ -62,6 +75,9 @@ def _register_subapps() -> None:
     for command in (cli_jobs.imitate, cli_jobs.swap, cli_jobs.novelview, cli_jobs.demo):
         app.command(rich_help_panel="Jobs")(command)
     app.command()(cli_jobs.bench)
+    from impersonator_cli.cli.batch import batch
+
+    app.command(rich_help_panel="Jobs")(batch)
     from impersonator_cli.cli import train as cli_train
 
     app.command(rich_help_panel="Training", add_help_option=False,
@@ -74,43 +90,68 @@ def _register_subapps() -> None:
 _register_subapps()
 
 
-def _report(error: ImpersonateError) -> None:
+def _report(error: ImpersonateError, debug: bool) -> None:
+    """One paragraph. The tool output behind it (`detail`, e.g. ffmpeg's stderr) only under --debug;
+    without it, the paragraph ends by saying that --debug shows it."""
     err_console.print(f"[bold red]{error.title}:[/] ", end="")
-    err_console.print(error.full_text(), markup=False, soft_wrap=True)
+    if debug or not error.detail:
+        err_console.print(error.full_text() if debug else error.paragraph(), markup=False, soft_wrap=True)
+        return
+    ffmpeg = isinstance(error, (EncodeError, VideoDecodeError)) or "ffmpeg" in error.paragraph()
+    hint = f"Run again with --debug to see {'ffmpeg' if ffmpeg else 'the tool'}'s output."
+    err_console.print(f"{error.paragraph()} {hint}", markup=False, soft_wrap=True)
+
+
+def _internal_error(exc: Exception) -> int:
+    err_console.print(
+        f"Internal error: {type(exc).__name__}: {exc}. This is a bug in impersonate: run the command again "
+        "with --debug for the traceback and report it together with the output of `impersonate doctor`.",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 1
+
+
+def _run(argv: list[str] | None, debug: bool, signals: Interrupts) -> int:
+    """Run the app and report a failure; -> the exit code (EXIT_INTERRUPTED for any interruption)."""
+    try:
+        code = app(args=argv, standalone_mode=False)  # Typer turns Ctrl-C into Exit(130), returned
+        return code if isinstance(code, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    except _ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:
+        if signals.received:  # a failure the signal caused (ffmpeg stopped by the same SIGTERM)
+            return EXIT_INTERRUPTED
+        if isinstance(exc, ImpersonateError):
+            _report(exc, debug)
+            if debug:
+                raise
+            return exc.exit_code
+        if debug:
+            raise
+        return _internal_error(exc)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: the single error boundary of the CLI."""
+    """Console-script entry point: the single error boundary of the CLI. SIGINT, SIGTERM and SIGHUP
+    stop a job cleanly (cli/interrupts.py) and exit with 128 + the signal's number."""
     debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("IMPERSONATE_DEBUG") == "1"
+    signals, mark = Interrupts(), publish_mark()
     try:
-        code = app(args=argv, standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("Interrupted.")
-        sys.exit(EXIT_INTERRUPTED)
-    except _ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("Interrupted: no output was written.")
-        sys.exit(EXIT_INTERRUPTED)
-    except ImpersonateError as exc:
-        if debug:
-            raise
-        _report(exc)
-        sys.exit(exc.exit_code)
-    except BrokenPipeError:
-        sys.exit(1)
-    except Exception as exc:
-        if debug:
-            raise
-        err_console.print(
-            f"Internal error: {type(exc).__name__}: {exc}. This is a bug in impersonate: run the command again "
-            "with --debug for the traceback and report it together with the output of `impersonate doctor`.",
-            markup=False,
-            soft_wrap=True,
-        )
-        sys.exit(1)
+        with interrupt_handlers(signals):
+            code = _run(argv, debug, signals)
+    except KeyboardInterrupt:  # a signal while the handlers were being installed
+        code = EXIT_INTERRUPTED
+    if signals.received or code == EXIT_INTERRUPTED:
+        signum = signals.signum or signal.SIGINT
+        err_console.print(interrupted_line(signum, published_since(mark)), markup=False, soft_wrap=True)
+        code = interrupted_exit_code(signum)
+    if code:
+        sys.exit(code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 from pathlib import Path
 from typing import Annotated, Iterator, List, Optional, Sequence
@@ -71,11 +72,41 @@ def _source_options(model: JobArgs):
     return SourceOptions(crop=model.crop, background=model.background, bg_ks=model.bg_ks, ft_ks=model.ft_ks)
 
 
-def _impersonator(args: JobArgs):
-    from impersonator_cli.api import Impersonator
+_PLANNING: contextvars.ContextVar = contextvars.ContextVar("impersonate_planning", default=False)
 
-    return Impersonator(weights_dir=args.weights_dir, device=args.device, precision=args.precision,
-                        generator=args.generator, size=args.size, renderer=args.renderer)
+
+@contextlib.contextmanager
+def planning() -> Iterator[None]:
+    """Inside this block a job command checks its options and returns its JobSpec instead of running it
+    (how `impersonate batch` validates a manifest with the very same code)."""
+    token = _PLANNING.set(True)
+    try:
+        yield
+    finally:
+        _PLANNING.reset(token)
+
+
+def _stage_key(args: JobArgs):
+    from impersonator_cli.batch.spec import StageKey
+
+    return StageKey(weights_dir=None if args.weights_dir is None else str(args.weights_dir), device=args.device,
+                    precision=args.precision, generator=args.generator, size=args.size, renderer=args.renderer)
+
+
+def _submit(kind: str, output, call: dict, args: JobArgs, phases: list[str]):
+    """The job as a JobSpec when planning; otherwise run it here, with a bar per phase, and report."""
+    from impersonator_cli.batch.spec import JobSpec
+
+    spec = JobSpec(kind, _stage_key(args), output, call)
+    if _PLANNING.get():
+        return spec
+    from impersonator_cli.batch.worker import Worker
+
+    with progress_bars(phases, args.quiet) as bars:
+        result = Worker().run(spec, progress=bars[phases[-1]] if phases else None,
+                              tune_progress=bars.get("personalize"))
+    report(result, args)
+    return None
 
 
 @with_groups(args=JobArgs)
@@ -98,17 +129,15 @@ def imitate(
     args: JobArgs = JobArgs(),
 ) -> None:
     """Motion imitation: the person in the source photo performs the driver's motion."""
-    from impersonator_cli.api import ImitateOptions
+    from impersonator_cli.api import ImitateOptions, check_imitate
 
-    source_options, tuning = _source_options(args), _tuning(args)
-    imp = _impersonator(args)
     options = ImitateOptions(camera=camera, smooth=smooth, batch_size=batch_size, front_warp=args.front_warp, layout=layout, frame=frame,
                              start=start, duration=duration, max_frames=max_frames, crf=crf, audio=audio, audio_file=audio_file)
-    with progress_bars(_phases("imitate", tuning), args.quiet) as bars:
-        result = imp.imitate(source, driver, output, options=options, source_smpl=source_smpl or (),
-                             source_options=source_options, overwrite=args.overwrite, progress=bars["imitate"],
-                             personalize=tuning, tune_progress=bars.get("personalize"))
-    report(result, args)
+    source_options, tuning = _source_options(args), _tuning(args)
+    output, driver = check_imitate(source, driver, output, options, source_smpl or (), args.overwrite)
+    call = dict(sources=tuple(source), driver=driver, options=options, source_smpl=tuple(source_smpl or ()),
+                source_options=source_options, overwrite=args.overwrite, personalize=tuning)
+    return _submit("imitate", output, call, args, _phases("imitate", tuning))
 
 
 @with_groups(args=JobArgs)
@@ -124,20 +153,17 @@ def swap(
     """Appearance transfer: the source person wearing the reference person's body parts (image out; video out
     when the source is a video). --personalize fine-tunes on the (source, reference) pair first (the official
     swap post-tune, 50 steps by default; a source video's first frame with a person is its source)."""
+    from impersonator_cli.api import check_swap
     from impersonator_cli.io.images import is_video_path
 
-    tuning = _tuning(args)
-    imp = _impersonator(args)
-    job = dict(parts=part, front_warp=args.front_warp, source_smpl=source_smpl, reference_smpl=reference_smpl,
-               source_options=_source_options(args), overwrite=args.overwrite, personalize=tuning)
-    if is_video_path(source):  # a video source gives a video (frame rate and audio kept)
-        with progress_bars(_phases("swap", tuning), args.quiet) as bars:
-            result = imp.swap(source, reference, output, progress=bars["swap"], tune_progress=bars.get("personalize"),
-                              **job)
-    else:
-        with progress_bar("personalize", args.quiet or tuning is None) as progress:
-            result = imp.swap(source, reference, output, progress=progress, **job)
-    report(result, args)
+    source_options, tuning = _source_options(args), _tuning(args)
+    output = check_swap(source, reference, output, args.overwrite)
+    call = dict(source=source, reference=reference, parts=part, front_warp=args.front_warp, source_smpl=source_smpl,
+                reference_smpl=reference_smpl, source_options=source_options, overwrite=args.overwrite,
+                personalize=tuning)
+    # A video source gives a video (frame rate and audio kept); a photo's only phase is its tuning.
+    phases = _phases("swap", tuning) if is_video_path(source) else ["personalize"] if tuning else []
+    return _submit("swap", output, call, args, phases)
 
 
 @with_groups(args=JobArgs)
@@ -155,17 +181,15 @@ def novelview(
     args: JobArgs = JobArgs(),
 ) -> None:
     """Novel view synthesis: the source person seen from other angles (orbit video, or images at --yaw/--pitch)."""
-    from impersonator_cli.api import NovelViewOptions
+    from impersonator_cli.api import NovelViewOptions, check_novel_view
 
     options = NovelViewOptions(frames=frames, yaw=tuple(yaw or ()), pitch=tuple(pitch or ()), tpose=tpose, fps=fps,
                                batch_size=batch_size, front_warp=args.front_warp, crf=crf)
     source_options, tuning = _source_options(args), _tuning(args)
-    imp = _impersonator(args)
-    with progress_bars(_phases("novelview", tuning), args.quiet) as bars:
-        result = imp.novel_view(source, output, options=options, source_smpl=source_smpl,
-                                source_options=source_options, overwrite=args.overwrite, progress=bars["novelview"],
-                                personalize=tuning, tune_progress=bars.get("personalize"))
-    report(result, args)
+    output, _ = check_novel_view(output, options, args.overwrite)
+    call = dict(source=source, options=options, source_smpl=source_smpl, source_options=source_options,
+                overwrite=args.overwrite, personalize=tuning)
+    return _submit("novelview", output, call, args, _phases("novelview", tuning))
 
 
 def demo(

@@ -37,8 +37,12 @@ def extract(
                                      start=start, duration=duration, max_frames=max_frames, smooth=smooth,
                                      overwrite=overwrite, progress=progress)
     summary = {"output": str(output), "frames": motion.frame_count,
-               "fps": f"{motion.fps.numerator}/{motion.fps.denominator}", "missing_frames": list(motion.missing)}
+               "fps": f"{motion.fps.numerator}/{motion.fps.denominator}", "missing_frames": list(motion.missing),
+               "variable_frame_rate": motion.times is not None}
     print(json.dumps(summary, indent=2) if json_out else output)
+    if motion.times is not None and not quiet:
+        err.print(f"[yellow]note:[/] the driver has a variable frame rate: each frame's time is kept, and jobs "
+                  f"show the frames at those times on a constant {float(motion.fps):g} fps output")
     if motion.missing and not quiet:
         err.print(f"[yellow]note:[/] {len(motion.missing)} frame(s) without a plausible person hold the last good "
                   f"pose: {list(motion.missing)[:20]}")

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -37,13 +38,14 @@ def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return statistics.median(times)
 
 
-def _stage_rows(size: int, batch: int, device: torch.device, dtype: torch.dtype, repeats: int) -> list[dict]:
-    from impersonator_cli.body.hmr import HMR
+def stage_inputs(size: int, batch: int, device: torch.device) -> SimpleNamespace:
+    """What the stages are timed on: the mannequin's body model, `batch` dance poses (cam, pose,
+    shape) and their views `tgt` at `size`, one random source `image` viewed in the first pose
+    (`src`), the full-width generator without background stream (`gen`, random values), and the
+    generator's float32 inputs: the flow composition `stage2`, its flow `T`, `src_in` and `tsf_in`."""
     from impersonator_cli.demo.world import dance
     from impersonator_cli.pipeline.compose import flow_composition
     from impersonator_cli.gan.generator import LiquidWarpingGenerator
-    from impersonator_cli.gan.inpaintor import InpaintSANet
-    from impersonator_cli.demo.mannequin import mannequin_arrays
     from impersonator_cli.demo.mannequin_assets import write_mannequin_assets
     from impersonator_cli.pipeline.rig import load_body_model
     from impersonator_cli.render.body_view import view_body
@@ -59,13 +61,26 @@ def _stage_rows(size: int, batch: int, device: torch.device, dtype: torch.dtype,
     tgt = view_body(body.smpl, cam, pose, shape, size)
     image = torch.rand(1, 3, size, size, device=device) * 2 - 1
     gen = LiquidWarpingGenerator(bg_stream=False).to(device).eval()
+    stage2 = flow_composition(body.maps, [image], [src], tgt)
+    src_in = torch.cat([image, body.maps.render_cond(src.raster.face_index)], 1)
+    tsf_in = torch.cat([stage2.warped, stage2.cond], 1)
+    return SimpleNamespace(body=body, cam=cam, pose=pose, shape=shape, src=src, tgt=tgt, image=image, gen=gen,
+                           stage2=stage2, T=stage2.flows[0], src_in=src_in, tsf_in=tsf_in)
+
+
+def _stage_rows(size: int, batch: int, device: torch.device, dtype: torch.dtype, repeats: int) -> list[dict]:
+    from impersonator_cli.body.hmr import HMR
+    from impersonator_cli.pipeline.compose import flow_composition
+    from impersonator_cli.gan.inpaintor import InpaintSANet
+    from impersonator_cli.demo.mannequin import mannequin_arrays
+    from impersonator_cli.render.body_view import view_body
+
+    s = stage_inputs(size, batch, device)
+    body, cam, pose, shape, src, tgt, image, gen = s.body, s.cam, s.pose, s.shape, s.src, s.tgt, s.image, s.gen
+    T, src_in, tsf_in = s.T, s.src_in, s.tsf_in
     inp = InpaintSANet().to(device).eval()
     hmr = HMR(mannequin_arrays()).to(device).eval()
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.no_grad())
-    stage2 = flow_composition(body.maps, [image], [src], tgt)
-    T = stage2.flows[0]
-    src_in = torch.cat([image, body.maps.render_cond(src.raster.face_index)], 1)
-    tsf_in = torch.cat([stage2.warped, stage2.cond], 1)
 
     with torch.no_grad(), autocast:
         feats = gen.encode_source(src_in)

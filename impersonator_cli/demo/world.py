@@ -8,8 +8,11 @@ is not needed), a procedural dance motion and a driver video of it with a soundt
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import subprocess
-from dataclasses import dataclass
+import tempfile
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -131,8 +134,31 @@ def _soundtrack(path: Path, seconds: float) -> Path:
 
 
 def build_demo(folder: Path, size: int = 256, frames: int = 75) -> DemoFiles:
-    """Write every demo input into `folder` (assets, photos, SMPL files, motion, driver video)."""
+    """Write every demo input into `folder` (assets, photos, SMPL files, motion, driver video).
+
+    They are made in a hidden folder inside `folder` and moved into place once all are complete, so
+    a failed or interrupted build (Ctrl-C, SIGTERM) leaves no half-written input behind; files
+    already in `folder` that the demo does not make (other weights under assets/) are kept.
+    """
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-inputs.partial-", dir=folder))
+    try:
+        return _move_inputs(_make_inputs(staging, size, frames), staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_inputs(files: DemoFiles, staging: Path, folder: Path) -> DemoFiles:
+    """Move every complete file made under `staging` to the same place under `folder`."""
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = folder / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    return DemoFiles(**{name: folder / Path(value).relative_to(staging) for name, value in asdict(files).items()})
+
+
+def _make_inputs(folder: Path, size: int, frames: int) -> DemoFiles:
     weights_dir = folder / "assets"
     write_mannequin_assets(weights_dir)
     body = load_body_model(weights_dir)
@@ -148,7 +174,8 @@ def build_demo(folder: Path, size: int = 256, frames: int = 75) -> DemoFiles:
                         frame_size=(size, size), content_hash="0" * 64, source_name="dance")
     driver = folder / "driver.mp4"
     audio = _soundtrack(folder / "driver-audio.m4a", frames / float(FPS))
-    with VideoWriter(driver, FPS, audio_from=audio, audio_duration=frames / float(FPS)) as writer:
+    with VideoWriter(driver, FPS, audio_from=audio, audio_duration=frames / float(FPS),
+                     length=frames / float(FPS)) as writer:
         for c, p in zip(cams, poses):
             writer.write(other.photo(c, p, size, seed=2))
     audio.unlink()

@@ -7,6 +7,10 @@
 - Alpha is composited over white (`read_image_rgba` returns the alpha instead).
 - 16-bit images are scaled to 8 bits as round(v / 257), so 65535 -> 255 exactly.
 - Greyscale and palette images are expanded to three channels.
+- The header is read first (io/image_header.py): an image claiming more than
+  `defaults.MAX_IMAGE_PIXELS` pixels, a damaged header or an unknown format is refused with an
+  InputError before OpenCV decodes anything (so nothing is allocated for the claimed size and no
+  raw libpng/libjpeg line reaches stderr).
 
 OpenCV is imported lazily so that a missing system library (libGL) becomes an
 EnvironmentProblem with a fix, not an import-time crash of the whole CLI.
@@ -25,7 +29,10 @@ from typing import Union
 
 import numpy as np
 
+from impersonator_cli.defaults import MAX_IMAGE_PIXELS
 from impersonator_cli.errors import EnvironmentProblem, InputError, OutputError
+from impersonator_cli.io.image_header import FORMAT_NAMES, HeaderError, image_header
+from impersonator_cli.io.publish import publish
 
 PathArg = Union[str, "PathLike[str]"]
 
@@ -172,11 +179,36 @@ def _read_bytes(path: Path) -> bytes:
         raise InputError("Cannot read the image", path=path, hint="Check file permissions.", detail=str(exc)) from exc
 
 
+def check_header(data: bytes, path: Path) -> None:
+    """InputError unless `data` starts with a readable header of a known format claiming at most
+    MAX_IMAGE_PIXELS pixels. Reads the header only: nothing is decoded or allocated."""
+    try:
+        header = image_header(data)
+    except HeaderError as exc:
+        raise InputError(f"Cannot decode the image: its header is damaged ({exc})", path=path,
+                         hint="Re-export or re-save the image.") from exc
+    if header is None:
+        raise InputError(
+            "Cannot decode the image: it is empty, damaged or in an unsupported format "
+            f"(formats read: {', '.join(FORMAT_NAMES)})", path=path, hint="Use a JPEG, PNG, WebP or BMP file.")
+    if header.pixels > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"The {header.format} image claims {header.width} x {header.height} pixels "
+            f"({header.pixels / 1e6:,.0f} megapixels), more than the limit of {MAX_IMAGE_PIXELS:,} pixels "
+            f"({MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, e.g. 16384 x 16384), so it was not decoded",
+            path=path, hint="Downscale it first (a few thousand pixels on the longer side is plenty: the "
+                            "models work at 256 or 512 pixels), or check that the file is not damaged.")
+
+
 def _decode(path: Path) -> np.ndarray:
     """Stored pixels as OpenCV decodes them: H x W, H x W x 3 (BGR) or H x W x 4 (BGRA), uint8/uint16."""
     data = _read_bytes(path)
+    check_header(data, path)
     cv2 = _cv2()
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV's own checks: report a bad file, not a bug
+        img = None
     if img is None or img.size == 0:
         raise InputError(
             "Cannot decode the image (damaged file or unsupported format)",
@@ -282,11 +314,12 @@ def _encode_params(cv2, ext: str, quality: int) -> list[int]:
     return []
 
 
-def write_image(path: PathArg, rgb: np.ndarray, quality: int = 95) -> Path:
+def write_image(path: PathArg, rgb: np.ndarray, quality: int = 95, overwrite: bool = True) -> Path:
     """Write RGB (H x W x 3) or RGBA (H x W x 4) uint8 to PNG/JPEG/WebP/BMP, atomically.
 
-    The data goes to a hidden temp file beside `path` that is renamed over `path` only once
-    complete. `quality` applies to JPEG and WebP.
+    The data goes to a hidden temp file beside `path` that is moved to `path` only once complete
+    (`io.publish`). `quality` applies to JPEG and WebP. overwrite=False: OutputError, and nothing
+    written, when `path` exists by then.
     """
     path = Path(path)
     ext = path.suffix.lower()
@@ -303,10 +336,9 @@ def write_image(path: PathArg, rgb: np.ndarray, quality: int = 95) -> Path:
     tmp = reserve_partial_path(path)
     try:
         tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise OutputError("Cannot write the image", path=path, detail=str(exc)) from exc
         raise
-    return path
+    return publish(tmp, path, overwrite)

@@ -6,9 +6,11 @@ tail goes into our errors' `detail`.
 Conventions:
 - `VideoInfo.rotation` is the clockwise turn (0/90/180/270) a player applies to display the
   stored frames (the old `rotate` tag); width/height are the displayed ones.
-- Frame count, duration and average fps come from the video packets' timestamps (one demux
-  pass, no decoding): fps = frames / (last frame end - first frame start), the clock the `fps`
-  filter uses, so a VFR file resampled at that rate yields its own frame count.
+- Frame count, duration and fps come from the video packets' presentation timestamps (one demux
+  pass, no decoding). A constant-rate file's fps is exact (snapped to the common rate it was made
+  at). A variable-rate (VFR) file keeps each frame's time in `frame_times`; its fps is the display
+  rate of `timing.py`, the constant rate its frames are shown at, each held for its own duration.
+  Packet durations are not trusted for VFR: with B-frames they are decode-order steps.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 import shutil
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,6 +32,7 @@ import ffmpeg
 import numpy as np
 
 from impersonator_cli.errors import EnvironmentProblem, InputError, VideoDecodeError, stderr_tail
+from impersonator_cli.io import timing
 from impersonator_cli.io.images import PathArg
 
 __all__ = ["VideoInfo", "FfmpegInfo", "find_ffmpeg", "find_ffprobe", "ffmpeg_info", "probe", "has_audio"]
@@ -171,6 +174,8 @@ class VideoInfo:
     pix_fmt: str
     codec: str
     vfr: bool = False  # frame intervals vary by more than 1 %
+    # VFR only: each frame's presentation time, seconds from the first frame (float64, ascending)
+    frame_times: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -280,6 +285,11 @@ class _Packets:
         dur = np.where(self.dur > 0, self.dur, step)
         return int((self.pts + dur).max() - self.pts.min())
 
+    def times(self) -> np.ndarray:
+        """Presentation times in display order, seconds from the first frame."""
+        order = np.sort(self.pts)
+        return (order - order[0]).astype(np.float64) * float(self.time_base)
+
 
 def _parse_framecrc(text: str) -> dict:
     """{output stream index: _Packets} from ffmpeg's framecrc muxer output."""
@@ -304,21 +314,17 @@ def _parse_framecrc(text: str) -> dict:
     return table
 
 
-def _average_fps(pk: _Packets) -> tuple:
-    """(average fps as an exact Fraction, is VFR). Constant-rate files measured in a coarse time
-    base (e.g. 1 ms) snap to the common rate (30, 30000/1001 ...) within one tick of error."""
+def _constant_fps(pk: _Packets) -> Fraction:
+    """A constant-rate stream's fps as an exact Fraction. Files measured in a coarse time base
+    (e.g. 1 ms) snap to the common rate (30, 30000/1001 ...) within one tick of error."""
     n, span = len(pk.pts), pk.span()
     if span <= 0:
-        return DEFAULT_IMAGE_FPS, False
+        return DEFAULT_IMAGE_FPS
     fps = Fraction(n, 1) / (span * pk.time_base)
-    steps = np.diff(np.sort(pk.pts))
-    vfr = len(steps) > 1 and (steps.max() - steps.min()) > max(1, 0.01 * float(np.median(steps)))
-    if vfr:
-        return fps.limit_denominator(10000), True
     tolerance = float(fps) / span  # one tick over the whole span
     candidates = [c for r in _COMMON_RATES for c in (r, r * 1000 / 1001)] + [Fraction(round(fps))]
     best = min(candidates, key=lambda c: abs(c - fps))
-    return (best if abs(float(best - fps)) <= tolerance else fps), False
+    return best if abs(float(best - fps)) <= tolerance else fps
 
 
 _DAMAGE = re.compile(r"(?i)partial file|truncat|corrupt|invalid data|moov atom not found|error while decoding")
@@ -378,22 +384,31 @@ def probe(path: PathArg) -> VideoInfo:
     return _info(path, meta, video, packets.get(1))
 
 
+def _timing(video: _Packets) -> tuple:
+    """(fps, duration in seconds, frame times or None for a constant rate)."""
+    times = video.times()
+    if not timing.is_variable(times, tick=float(video.time_base)):
+        return _constant_fps(video), float(video.span() * video.time_base), None
+    fps = timing.display_rate(times)
+    return fps, timing.span(times, 1 / float(fps)), times
+
+
 def _info(path: Path, meta: _Meta, video: _Packets, audio: Optional[_Packets]) -> VideoInfo:
-    fps, vfr = _average_fps(video)
+    fps, duration, times = _timing(video)
     w, h = meta.coded_width, meta.coded_height
     if meta.rotation in (90, 270):
         w, h = h, w
     audio_duration = float(audio.span() * audio.time_base) if audio is not None and len(audio.pts) else None
     return VideoInfo(
-        str(path), w, h, fps, len(video.pts), float(video.span() * video.time_base), meta.rotation,
-        audio_duration is not None, audio_duration, meta.pix_fmt, meta.codec, bool(vfr),
+        str(path), w, h, fps, len(video.pts), duration, meta.rotation, audio_duration is not None,
+        audio_duration, meta.pix_fmt, meta.codec, times is not None, times,
     )
 
 
 def has_audio(path: PathArg) -> bool:
     """Whether a media file (video or audio-only) has an audio stream."""
     path = Path(path)
-    _check_file(path, "media file")
+    _check_file(path, "media")
     args = [find_ffmpeg(), "-hide_banner", "-nostdin", "-i", str(path)]  # no output: header only
     err = subprocess.run(args, capture_output=True, stdin=subprocess.DEVNULL).stderr.decode("utf-8", "replace")
     if "Input #0" not in err:

@@ -15,7 +15,6 @@ Conventions:
 
 from __future__ import annotations
 
-import os
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -27,9 +26,11 @@ import numpy as np
 from impersonator_cli.errors import (
     EncodeError, EnvironmentProblem, InputError, OutputError, UsageError, VideoDecodeError,
 )
+from impersonator_cli.io import timing
 from impersonator_cli.io.images import (
     PathArg, is_image_path, natural_key, read_image, reserve_partial_path, resize_rgb,
 )
+from impersonator_cli.io.publish import publish
 from impersonator_cli.io.probe import (
     DEFAULT_IMAGE_FPS, VideoInfo, _check_file, _Child, _INSTALL_HINT, _sync_passthrough, find_ffmpeg, has_audio, probe,
 )
@@ -68,9 +69,14 @@ class FrameSource:
 
     Use as ``with read_frames(src) as frames: for frame in frames: ...`` (iterable once).
     info: the source as stored; size: (w, h) of the frames yielded; fps: their rate;
-    expected_frames: how many will come (exact for images, within about one frame for video).
+    expected_frames: how many will come (exact for images and VFR video, within about one frame
+    for constant-rate video). times: None when frame i is shown at i / fps after the start; for a
+    variable-rate video, each yielded frame's time in seconds from the video's first frame (see
+    io/timing.py for how such frames are shown on a constant-rate output).
     Leaving the `with` block (or breaking out of the loop) stops and reaps the decoder.
     """
+
+    times: Optional[np.ndarray] = None
 
     def __init__(self, info: VideoInfo, size: Tuple[int, int], fps: Fraction, expected_frames: int) -> None:
         self.info, self.size, self.fps, self.expected_frames = info, size, fps, expected_frames
@@ -100,11 +106,18 @@ class FrameSource:
 
 class _VideoFrames(FrameSource):
     def __init__(self, info: VideoInfo, size, start: float, duration, max_frames, fps) -> None:
-        resample = fps is not None or info.vfr
+        resample = fps is not None
         out_fps = Fraction(fps) if fps is not None else info.fps
         super().__init__(info, size or (info.width, info.height), out_fps, 0)
-        self.expected_frames = self._estimate(start, duration, max_frames, resample)
-        self._args = self._command(start, duration, max_frames, resample)
+        self._pick: Optional[np.ndarray] = None
+        if info.frame_times is not None and not resample:  # VFR: every frame once, picked by its time
+            self._pick = timing.select(info.frame_times, start, duration, max_frames)
+            self.times = info.frame_times[self._pick]
+            self.expected_frames = len(self._pick)
+            self._args = self._command(0.0, None, None, False)
+        else:
+            self.expected_frames = self._estimate(start, duration, max_frames, resample)
+            self._args = self._command(start, duration, max_frames, resample)
         self._child: Optional[_Child] = None
 
     def _estimate(self, start, duration, max_frames, resample) -> int:
@@ -130,6 +143,21 @@ class _VideoFrames(FrameSource):
         )
 
     def _frames(self) -> Iterator[np.ndarray]:
+        frames = self._decoded()
+        if self._pick is None:
+            yield from frames
+            return
+        wanted, last = set(self._pick.tolist()), int(self._pick[-1]) if len(self._pick) else -1
+        for index, frame in enumerate(frames):
+            if index in wanted:
+                yield frame
+            if index >= last:
+                frames.close()
+                return
+        if last >= 0:  # the probe counted more frames than the decoder gave
+            raise self._error(f"The video gave fewer frames than its {self.info.frame_count} timestamps")
+
+    def _decoded(self) -> Iterator[np.ndarray]:
         self._child = child = _Child(self._args, stdout=subprocess.PIPE)
         w, h = self.info.width, self.info.height
         try:
@@ -202,7 +230,8 @@ def read_frames(src: PathArg, size: SizeArg = None, start: float = 0.0, duration
     size: (w, h) or an int for a square; frames are resized to exactly that with
     cv2.resize(INTER_LINEAR), aspect not kept: the official implementation's preprocessing.
     start/duration: seconds. max_frames: stop after that many. fps: resample a video to this
-    rate (VFR videos are always resampled to their average rate); for images, the rate they get.
+    rate with ffmpeg's fps filter; for images, the rate they get. Without it, a variable-rate video
+    yields every frame once, with its time in `.times`.
     """
     size_wh = _parse_size(size)
     if start < 0 or (duration is not None and duration <= 0) or (max_frames is not None and max_frames < 0):
@@ -256,15 +285,17 @@ class VideoWriter:
     from `size` or the first frame; odd sizes are padded to even by repeating the last row/column.
     Audio (AAC) is taken from `audio_from` starting at `audio_start` seconds (for at most
     `audio_duration`), padded with silence or cut so it ends with the video; a file without audio
-    gives a silent output. Output goes to a hidden temp file beside `path`, renamed into place
-    when `close()` succeeds; on any exception (Ctrl-C included) ffmpeg is killed and the temp file
-    removed. Writing no frame at all raises OutputError and creates nothing.
+    gives a silent output. `length`: the seconds of video that will be written, when known: the sound
+    is then made exactly that long, so the file does not depend on the pipe's timing. Output goes to a hidden temp file beside `path`, moved into place
+    when `close()` succeeds (`io.publish`: with overwrite=False a file that appeared at `path`
+    meanwhile is never replaced, OutputError instead); on any exception (Ctrl-C included) the temp
+    file is removed and ffmpeg killed. Writing no frame at all raises OutputError and creates nothing.
     """
 
     def __init__(self, path: PathArg, fps: Union[Fraction, int, float, str], size: SizeArg = None, crf: int = 18,
                  audio_from: Optional[PathArg] = None, audio_start: float = 0.0,
                  audio_duration: Optional[float] = None, codec: str = "libx264", preset: str = "medium",
-                 overwrite: bool = True) -> None:
+                 overwrite: bool = True, length: Optional[float] = None) -> None:
         self.path, self.fps, self.size = Path(path), _exact_fps(fps), _parse_size(size)
         if self.path.suffix.lower() not in _WRITABLE:
             raise UsageError(f"Cannot write video to '{self.path.name}': use one of {', '.join(_WRITABLE)}.")
@@ -272,12 +303,14 @@ class VideoWriter:
             raise OutputError("The output folder does not exist", path=self.path.parent, hint="Create it first.")
         if not overwrite and self.path.exists():
             raise OutputError("The output already exists", path=self.path, hint="Pass --overwrite or another name.")
+        self.overwrite = overwrite
         if not 0 <= crf <= 51:
             raise UsageError(f"crf must be in 0..51, got {crf}.")
         self.crf, self.codec, self.preset = crf, codec, preset
         self.audio_from = Path(audio_from) if audio_from is not None and has_audio(audio_from) else None
         self.audio_start = float(audio_start)
         self.audio_duration = None if audio_duration is None else float(audio_duration)
+        self.length = None if length is None else float(length)
         self.frames_written = 0
         self._child: Optional[_Child] = None
         self._tmp: Optional[Path] = None
@@ -307,8 +340,16 @@ class VideoWriter:
             src = {"ss": self.audio_start} if self.audio_start > 0 else {}
             if self.audio_duration is not None:
                 src["t"] = self.audio_duration
-            streams.append(ffmpeg.input(str(self.audio_from), **src)["a:0"].filter("apad"))
-            out.update(acodec="aac", audio_bitrate="192k", shortest=None)
+            audio = ffmpeg.input(str(self.audio_from), **src)["a:0"]
+            if self.length is not None:
+                # Exactly the video's length, whatever the pipe's timing (-shortest depends on when
+                # ffmpeg sees the video end, so two runs could keep different amounts of sound).
+                audio = audio.filter("apad", whole_dur=self.length).filter("atrim", end=self.length)
+                out.update(acodec="aac", audio_bitrate="192k")
+            else:
+                out.update(acodec="aac", audio_bitrate="192k", shortest=None)
+                audio = audio.filter("apad")
+            streams.append(audio)
         return ffmpeg.output(*streams, str(self._tmp), **out).compile(
             cmd=[find_ffmpeg(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", LOGLEVEL, "-y"]
         )
@@ -372,7 +413,7 @@ class VideoWriter:
         try:
             if self._child.proc.wait() != 0:
                 raise self._failure("ffmpeg failed to finish the video")
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path, self.overwrite)
             self._tmp = None
         except BaseException:
             self.abort()
@@ -384,11 +425,11 @@ class VideoWriter:
     def abort(self) -> None:
         """Stop ffmpeg and delete the partial file; the output path is left untouched (idempotent)."""
         self._closed = True
+        if self._tmp is not None:  # first: a second Ctrl-C during the kill must not leave the file
+            self._tmp.unlink(missing_ok=True)  # (ffmpeg may still write: to a file with no name)
+            self._tmp = None
         if self._child is not None:
             self._child.kill()
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
 
     def __del__(self) -> None:
         try:

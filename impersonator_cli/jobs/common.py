@@ -63,13 +63,14 @@ def output_path(path: PathLike, overwrite: bool, suffixes: tuple[str, ...]) -> P
 
 
 def prepare(stages: Stages, source: Source, smpl: PathLike | None = None,
-            options: SourceOptions = SourceOptions()) -> PreparedSource:
+            options: SourceOptions = SourceOptions(), role: str = "source photo") -> PreparedSource:
     """A prepared source: `source` itself when prepared already, else the photo prepared with `options`
-    (its body from HMR, or from `smpl`, a motion file whose first frame is the source's SMPL)."""
+    (its body from HMR, or from `smpl`, a motion file whose first frame is the source's SMPL).
+    `role` names the photo in errors ('source photo', 'reference photo')."""
     if isinstance(source, PreparedSource):
         return source
     theta = None if smpl is None else single_theta(Path(smpl))
-    return stages.prepare(existing(source, "source image"), theta, options)
+    return stages.prepare(existing(source, role), theta, options, role)
 
 
 def single_theta(path: Path) -> np.ndarray:
@@ -89,3 +90,4 @@ def tuning_notes(report) -> list[str]:
     """What a personalization did, for the job's warnings."""
     how = "reused from the cache" if report.cache_hit else f"{report.steps} steps in {report.seconds:.0f} s"
     return [f"personalization: {how}", *report.notes]
+

@@ -15,18 +15,19 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from impersonator_cli.body.camera import drive_cameras
+from impersonator_cli.body.camera import CAMERA_STRATEGIES, drive_cameras
 from impersonator_cli.pipeline.rig import BodyModel
 from impersonator_cli.body.motion import MotionData, extract_motion, load_motion
 from impersonator_cli.body.smoothing import smooth_cameras, smooth_poses
 from impersonator_cli.body.tracking import padded_frame_box, square_crop
 from impersonator_cli.pipeline.background import to_uint8_frames
 from impersonator_cli.pipeline.compose import synthesize
-from impersonator_cli.errors import UsageError
+from impersonator_cli.errors import UsageError, check_option
 from impersonator_cli.jobs.common import (
     VIDEO_SUFFIXES, JobResult, Source, existing, output_path, prepare, source_notes, tuning_notes,
 )
-from impersonator_cli.io.images import resize_rgb
+from impersonator_cli.io import timing
+from impersonator_cli.io.images import is_image_path, resize_rgb
 from impersonator_cli.render.body_view import view_body
 from impersonator_cli.pipeline.source import PreparedSource, SourceOptions, paste_back
 from impersonator_cli.pipeline.stages import Stages
@@ -57,35 +58,121 @@ class ImitateOptions:
     audio: bool = True
     audio_file: Optional[Path] = None
 
+    def __post_init__(self) -> None:
+        """Every value checked here, before any weight or file is read (UsageError naming it)."""
+        check_option(self.camera in CAMERA_STRATEGIES, "camera", f"one of {', '.join(CAMERA_STRATEGIES)}", self.camera)
+        check_option(self.layout in LAYOUTS, "layout", f"one of {', '.join(LAYOUTS)}", self.layout)
+        check_option(self.frame in FRAMES, "frame", f"one of {', '.join(FRAMES)}", self.frame)
+        check_option(self.smooth >= 0, "smooth", "0 (off) or more frames", self.smooth)
+        check_option(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        check_option(self.start >= 0, "start", "0 or more seconds", self.start)
+        check_option(self.duration is None or self.duration > 0, "duration", "more than 0 seconds", self.duration)
+        check_option(self.max_frames is None or self.max_frames >= 1, "max_frames", "at least 1", self.max_frames)
+        check_option(0 <= self.crf <= 51, "crf", "in 0..51", self.crf)
+
 
 def is_motion_file(path: Path) -> bool:
     return path.name.lower().endswith(".npz")
 
 
-def driver_motion(body: BodyModel, driver: Path, options: ImitateOptions, progress: Progress | None) -> MotionData:
-    """The driver's motion: loaded from a motion file (sliced by start/duration/max_frames) or recovered."""
+def check_driver(driver: Path, options: ImitateOptions) -> None:
+    """The options that depend on the kind of driver (its name only: nothing is read)."""
+    if options.layout == "side-by-side" and is_motion_file(driver):
+        raise UsageError("The side-by-side layout needs the driver's frames, but the driver is a motion file",
+                         hint="Pass the driver video instead, or use layout 'result' (--layout result).")
+
+
+def check_imitate(sources: Sequence[Source], driver: PathLike, output: PathLike, options: ImitateOptions,
+                  source_smpl: Sequence[PathLike], overwrite: bool) -> tuple[Path, Path]:
+    """Everything about an imitate call that can be checked without reading a file or loading a weight;
+    -> (output, driver) paths."""
+    output = output_path(output, overwrite, VIDEO_SUFFIXES)
+    driver = existing(driver, "driver")
+    check_driver(driver, options)
+    if not sources:
+        raise UsageError("imitate needs at least one source image (--source)")
+    if source_smpl and len(source_smpl) != len(sources):
+        raise UsageError(f"{len(sources)} sources but {len(source_smpl)} source SMPL files",
+                         hint="Give one --source-smpl per --source, or none.")
+    if options.audio_file is not None:
+        existing(options.audio_file, "audio file")
+    return output, driver
+
+
+def driver_motion(body: BodyModel, driver: Path, options: ImitateOptions, progress: Progress | None,
+                  role: str = "driver") -> MotionData:
+    """The driver's motion: loaded from a motion file (sliced by start/duration/max_frames) or recovered
+    (`role` names the video in messages)."""
     if is_motion_file(driver):
         return _slice_motion(load_motion(driver), options)
     return extract_motion(driver, body.hmr(), body.smpl, batch_size=max(1, options.batch_size),
                           max_frames=options.max_frames, start=options.start, duration=options.duration,
-                          smooth_sigma=0.0, progress=progress)
+                          smooth_sigma=0.0, progress=progress, role=role)
 
 
-def _slice_motion(motion: MotionData, options: ImitateOptions) -> MotionData:
+def _motion_range(motion: MotionData, options: ImitateOptions) -> tuple[int, int]:
+    """[first, last) frames of a motion file kept by start/duration/max_frames (seconds from its first frame)."""
+    if motion.times is not None:
+        index = timing.select(motion.times - motion.times[0], options.start, options.duration, options.max_frames)
+        return (int(index[0]), int(index[-1]) + 1) if len(index) else (0, 0)
     first = int(round(options.start * motion.fps))
     last = motion.frame_count
     if options.duration is not None:
         last = min(last, first + int(round(options.duration * motion.fps)))
     if options.max_frames is not None:
         last = min(last, first + options.max_frames)
+    return first, last
+
+
+def _slice_motion(motion: MotionData, options: ImitateOptions) -> MotionData:
+    first, last = _motion_range(motion, options)
     if first >= last:
-        raise UsageError(f"The motion file has {motion.frame_count} frames: nothing is left after --start/--duration")
+        raise UsageError(f"The motion file has {motion.frame_count} frames: none is left after start "
+                         f"{options.start} s, duration {options.duration} s and max_frames {options.max_frames}")
     keep = slice(first, last)
     missing = tuple(i - first for i in motion.missing if first <= i < last)
+    times = None if motion.times is None else motion.times[keep]
+    start = motion.start + first / motion.fps if times is None else float(times[0])
     return MotionData(cams=motion.cams[keep], poses=motion.poses[keep], shapes=motion.shapes[keep],
                       boxes=motion.boxes[keep], fps=motion.fps, frame_size=motion.frame_size,
                       content_hash=motion.content_hash, missing=missing, smooth_sigma=motion.smooth_sigma,
-                      start=motion.start + first / motion.fps, source_name=motion.source_name)
+                      start=start, source_name=motion.source_name, times=times)
+
+
+def audio_source(driver: Path, options: ImitateOptions) -> Optional[Path]:
+    """Where the output's sound comes from: --audio-file, else the driver when it is a media file (a
+    motion file, a frame folder or one image has no sound)."""
+    if options.audio_file:
+        return Path(options.audio_file)
+    has_sound = driver.is_file() and not is_motion_file(driver) and not is_image_path(driver)
+    return driver if options.audio and has_sound else None
+
+
+def audio_note(driver: Path, options: ImitateOptions) -> list[str]:
+    """Say so when the driver's sound was asked for (the default) but it has none to give."""
+    if not options.audio or audio_source(driver, options) is not None:
+        return []
+    kind = "a folder of frames" if driver.is_dir() else "a motion file" if is_motion_file(driver) else "an image"
+    return [f"the driver is {kind}, which has no sound: the output is silent (an audio file adds a soundtrack)"]
+
+
+def output_holds(motion: MotionData) -> np.ndarray:
+    """Output frames per driver frame: all ones at a constant rate; a variable-rate driver's frames
+    are held on the constant `motion.fps` output for their own durations (io/timing.py)."""
+    if motion.times is None:
+        return np.ones(motion.frame_count, np.int64)
+    return timing.hold_counts(motion.times, motion.fps)
+
+
+def vfr_note(motion: MotionData) -> list[str]:
+    """A warning telling how a variable-rate driver was shown (empty for a constant rate)."""
+    if motion.times is None:
+        return []
+    holds = output_holds(motion)
+    seconds = int(holds.sum()) / float(motion.fps)
+    return [f"the driver has a variable frame rate: its {motion.frame_count} frames ({seconds:.2f} s) are each "
+            f"shown at their own time on a constant {float(motion.fps):g} fps output of {int(holds.sum())} "
+            "frames (slower stretches hold their frames longer)"]
 
 
 def driving_bodies(src: PreparedSource, motion: MotionData, options: ImitateOptions) -> tuple[np.ndarray, np.ndarray]:
@@ -127,35 +214,33 @@ def write_imitation(body: BodyModel, synth, sources: Sequence[PreparedSource], f
                     driver: Path, motion: MotionData, output: Path, size: int, options: ImitateOptions,
                     overwrite: bool, progress: Progress | None = None) -> JobResult:
     """Render and encode the whole imitation to `output` (atomic: no partial file on failure)."""
-    if options.layout not in LAYOUTS:
-        raise UsageError(f"Unknown layout '{options.layout}'", hint=f"Use one of: {', '.join(LAYOUTS)}.")
-    if options.frame not in FRAMES:
-        raise UsageError(f"Unknown output frame '{options.frame}'", hint=f"Use one of: {', '.join(FRAMES)}.")
+    check_driver(driver, options)
     side = options.layout == "side-by-side"
     src = sources[0]
     in_photo = options.frame == "source"
     out_w, out_h = src.frame_size if in_photo else (size, size)
-    if side and is_motion_file(driver):
-        raise UsageError("The side-by-side layout needs the driver's frames, but the driver is a motion file",
-                         hint="Pass the driver video instead, or use --layout result.")
     cams, poses = driving_bodies(sources[0], motion, options)
-    audio_from = options.audio_file if options.audio_file else (driver if options.audio and not is_motion_file(driver) else None)
-    duration = motion.frame_count / motion.fps
-    audio_start = motion.start  # the driver's timeline: also right for an --audio-file of the driver
+    audio_from = audio_source(driver, options)
+    holds = output_holds(motion)
+    duration = int(holds.sum()) / motion.fps
+    # The driver's clock (also right for an --audio-file of the driver): a VFR driver's audio starts
+    # at its first kept frame.
+    audio_start = motion.start if motion.times is None else float(motion.times[0])
     t0 = time.perf_counter()
     writer = VideoWriter(output, motion.fps, crf=options.crf, audio_from=audio_from, audio_start=audio_start,
-                         audio_duration=float(duration), overwrite=overwrite)
+                         audio_duration=float(duration), overwrite=overwrite, length=float(duration))
     panels = prefetch(_driver_panels(driver, motion, options, out_h)) if side else None
+    held = iter(holds.tolist())
     with writer, BackgroundWriter(lambda frames: [writer.write(f) for f in frames]) as queue:
         def emit(frames: list) -> None:
             if in_photo:
                 frames = [paste_back(src.frame, f, src.box) for f in frames]
             if panels is not None:
                 frames = [np.concatenate([next(panels), f], axis=1) for f in frames]
-            queue.put(frames)
+            queue.put([f for f in frames for _ in range(next(held))])
 
         render_imitation(body, synth, sources, feats, cams, poses, size, options, emit, progress)
-    return JobResult(output=Path(output), frames=motion.frame_count, fps=motion.fps,
+    return JobResult(output=Path(output), frames=int(holds.sum()), fps=motion.fps,
                      size=(out_w + (out_h if side else 0), out_h),
                      timings={"render_encode": time.perf_counter() - t0},
                      missing_frames=list(motion.missing))
@@ -165,21 +250,16 @@ def imitate(stages: Stages, sources: Sequence[Source], driver: PathLike, output:
             options: ImitateOptions = ImitateOptions(), source_smpl: Sequence[PathLike] = (),
             source_options: SourceOptions = SourceOptions(), overwrite: bool = False,
             progress: Progress | None = None, personalize: PersonalizeOptions | None = None,
-            tune_progress: Progress | None = None) -> JobResult:
+            tune_progress: Progress | None = None, motion: MotionData | None = None) -> JobResult:
     """The source person(s) perform the driver's motion; writes a video at the driver's frame rate.
 
     `personalize`: tune the generator on the first source first, with target poses from the driver's
-    motion (it stays tuned for this job only); `tune_progress` counts its steps."""
-    output = output_path(output, overwrite, VIDEO_SUFFIXES)
-    driver = existing(driver, "driver")
+    motion (it stays tuned for this job only); `tune_progress` counts its steps. `motion`: the driver's
+    motion recovered already (`driver_motion` with the same options), to reuse it across jobs."""
+    output, driver = check_imitate(sources, driver, output, options, source_smpl, overwrite)
     smpls = list(source_smpl) or [None] * len(sources)
-    if len(smpls) != len(sources):
-        raise UsageError(f"{len(sources)} sources but {len(smpls)} source SMPL files",
-                         hint="Give one --source-smpl per --source, or none.")
     prepared = [prepare(stages, s, smpl, source_options) for s, smpl in zip(sources, smpls)]
-    if not prepared:
-        raise UsageError("imitate needs at least one --source image")
-    motion = driver_motion(stages.body, driver, options, None)
+    motion = motion if motion is not None else driver_motion(stages.body, driver, options, None)
     notes = []
     with stages.tuned(personalize is not None):
         if personalize is not None:
@@ -187,7 +267,7 @@ def imitate(stages: Stages, sources: Sequence[Source], driver: PathLike, output:
             notes += tuning_notes(tuning.for_source(stages, prepared[0], personalize, cams, poses, tune_progress))
         result = write_imitation(stages.body, stages.synth, prepared, stages.encode(prepared), driver, motion,
                                  output, stages.size, options, overwrite, progress)
-    result.warnings.extend(source_notes(prepared) + notes)
+    result.warnings.extend(source_notes(prepared) + notes + vfr_note(motion) + audio_note(driver, options))
     if motion.missing:
         result.warnings.append(f"{len(motion.missing)} driver frame(s) without a plausible person held the "
                                f"last good pose: {list(motion.missing)[:20]}")

@@ -18,7 +18,7 @@ from impersonator_cli.body.rotation import euler_to_matrix
 from impersonator_cli.pipeline.rig import BodyModel
 from impersonator_cli.pipeline.compose import synthesize
 from impersonator_cli.render.body_view import BodyView, view_vertices
-from impersonator_cli.errors import UsageError
+from impersonator_cli.errors import UsageError, check_option
 from impersonator_cli.io.images import write_image
 from impersonator_cli.io.video import VideoWriter
 from impersonator_cli.jobs.common import (
@@ -43,7 +43,8 @@ def view_angles(frames: int = 0, yaw: Sequence[float] = (), pitch: Sequence[floa
         yaw = yaw * n if len(yaw) == 1 else yaw
         pitch = pitch * n if len(pitch) == 1 else pitch
         if len(yaw) != len(pitch):
-            raise ValueError("give one pitch, one yaw, or equally many of each")
+            raise UsageError(f"{len(yaw)} yaw and {len(pitch)} pitch angles were given",
+                             hint="Give one pitch, one yaw, or equally many of each (--yaw/--pitch).")
         return np.array([[math.radians(p), math.radians(y), 0.0] for y, p in zip(yaw, pitch)])
     return orbit_angles(max(1, frames)).numpy()
 
@@ -90,6 +91,26 @@ class NovelViewOptions:
     front_warp: bool = False
     crf: int = 18
 
+    def __post_init__(self) -> None:
+        """Every value checked here, before any weight or file is read (UsageError naming it)."""
+        check_option(self.frames >= 1, "frames", "at least 1", self.frames)
+        check_option(self.fps > 0, "fps", "more than 0", self.fps)
+        check_option(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        check_option(0 <= self.crf <= 51, "crf", "in 0..51", self.crf)
+        angles = [*self.yaw, *self.pitch]
+        check_option(all(math.isfinite(a) for a in angles), "yaw", "finite degrees", angles)
+        view_angles(self.frames, self.yaw, self.pitch)  # yaw and pitch counts that pair up
+
+
+def check_novel_view(output: PathLike, options: NovelViewOptions, overwrite: bool) -> tuple[Path, np.ndarray]:
+    """Everything about a novel_view call checked without reading a file; -> (output, view angles)."""
+    output = output_path(output, overwrite, VIDEO_SUFFIXES + IMAGE_SUFFIXES)
+    angles = view_angles(options.frames, options.yaw, options.pitch)
+    if output.suffix.lower() in IMAGE_SUFFIXES and len(angles) != 1:
+        raise UsageError(f"An image output holds one view, but {len(angles)} were asked for",
+                         hint="Give one --yaw/--pitch for an image, or write a video (.mp4).")
+    return output, angles
+
 
 def novel_view(stages: Stages, source: Source, output: PathLike, *, options: NovelViewOptions = NovelViewOptions(),
                source_smpl: PathLike | None = None, source_options: SourceOptions = SourceOptions(),
@@ -97,12 +118,8 @@ def novel_view(stages: Stages, source: Source, output: PathLike, *, options: Nov
                tune_progress: Progress | None = None) -> JobResult:
     """The source person from other viewpoints: an orbit video, or an image of one view.
     `personalize`: tune the generator on the source first (built-in target poses), for this job only."""
-    output = output_path(output, overwrite, VIDEO_SUFFIXES + IMAGE_SUFFIXES)
-    angles = view_angles(options.frames, options.yaw, options.pitch)
+    output, angles = check_novel_view(output, options, overwrite)
     is_image = output.suffix.lower() in IMAGE_SUFFIXES
-    if is_image and len(angles) != 1:
-        raise UsageError(f"An image output holds one view, but {len(angles)} were asked for",
-                         hint="Give one --yaw/--pitch for an image, or write a video (.mp4).")
     src = prepare(stages, source, source_smpl, source_options)
     rate = Fraction(options.fps).limit_denominator(1001)
     notes = []
@@ -112,7 +129,7 @@ def novel_view(stages: Stages, source: Source, output: PathLike, *, options: Nov
         batches = render_views(stages.body, stages.synth, src, stages.encode([src])[0], angles, stages.size,
                                options.batch_size, options.tpose, use_front_warp=options.front_warp)
         if is_image:
-            write_image(output, to_uint8_frames(next(batches))[0])
+            write_image(output, to_uint8_frames(next(batches))[0], overwrite=overwrite)
         else:
             _write_video(output, batches, rate, options.crf, overwrite, len(angles), progress)
     return JobResult(output=output, frames=len(angles), fps=None if is_image else rate,

@@ -16,7 +16,7 @@ from impersonator_cli.io.video import VideoWriter, read_frames
 from impersonator_cli.jobs.common import (
     IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, existing, output_path, prepare, source_notes, tuning_notes,
 )
-from impersonator_cli.jobs.imitate import ImitateOptions, driver_motion
+from impersonator_cli.jobs.imitate import ImitateOptions, driver_motion, output_holds, vfr_note
 from impersonator_cli.pipeline.background import to_uint8_frames
 from impersonator_cli.pipeline.source import SourceOptions
 from impersonator_cli.pipeline.stages import Stages
@@ -46,6 +46,16 @@ def swap_image(body: BodyModel, synth, src: PreparedSource, ref: PreparedSource,
     return (1 - front) * frames.image + src.image * front * (1 - frames.attention)
 
 
+def check_swap(source: Source, reference: Source, output: PathLike, overwrite: bool) -> Path:
+    """Everything about a swap call checked without reading a file; -> the output path (an image, or a
+    video when the source is a video)."""
+    for what, item in (("source", source), ("reference", reference)):
+        if not isinstance(item, PreparedSource):
+            existing(item, what)
+    video = not isinstance(source, PreparedSource) and is_video_path(source)
+    return output_path(output, overwrite, VIDEO_SUFFIXES if video else IMAGE_SUFFIXES)
+
+
 def swap(stages: Stages, source: Source, reference: Source, output: PathLike, *,
          parts: str | Sequence[str] = "body", front_warp: bool = False, source_smpl: PathLike | None = None,
          reference_smpl: PathLike | None = None, source_options: SourceOptions = SourceOptions(),
@@ -55,6 +65,7 @@ def swap(stages: Stages, source: Source, reference: Source, output: PathLike, *,
     and audio kept) when the source is a video. `personalize`: tune the generator on the pair first (for
     a video, its first frame with a person; spec §5.3), for this job only. `progress` counts a video's
     frames, `tune_progress` tuning steps (for a photo, `progress` does when `tune_progress` is None)."""
+    check_swap(source, reference, output, overwrite)
     if not isinstance(source, PreparedSource) and is_video_path(source):
         return swap_video(stages, existing(source, "source video"), reference, output, parts=parts,
                           front_warp=front_warp, reference_smpl=reference_smpl, source_options=source_options,
@@ -62,7 +73,7 @@ def swap(stages: Stages, source: Source, reference: Source, output: PathLike, *,
                           tune_progress=tune_progress)
     output = output_path(output, overwrite, IMAGE_SUFFIXES)
     src = prepare(stages, source, source_smpl, source_options)
-    ref = prepare(stages, reference, reference_smpl, source_options)
+    ref = prepare(stages, reference, reference_smpl, source_options, "reference photo")
     notes = []
     with stages.tuned(personalize is not None):
         if personalize is not None:
@@ -70,7 +81,7 @@ def swap(stages: Stages, source: Source, reference: Source, output: PathLike, *,
             notes += tuning_notes(tuning.for_pair(stages, src, ref, personalize, front_warp, steps))
         src_feats, ref_feats = stages.encode([src, ref])
         image = swap_image(stages.body, stages.synth, src, ref, src_feats, ref_feats, parts, front_warp)
-    write_image(output, to_uint8_frames(image)[0])
+    write_image(output, to_uint8_frames(image)[0], overwrite=overwrite)
     return JobResult(output=output, frames=1, fps=None, size=(stages.size, stages.size),
                      warnings=source_notes([src, ref]) + notes)
 
@@ -81,8 +92,8 @@ def swap_video(stages: Stages, source: Path, reference: Source, output: PathLike
                tune_progress: Progress | None = None) -> JobResult:
     """Swap on every frame of a source video: bodies by HMR tracking, the whole (letterboxed) frame."""
     output = output_path(output, overwrite, VIDEO_SUFFIXES)
-    ref = prepare(stages, reference, reference_smpl, source_options)
-    motion = driver_motion(stages.body, source, ImitateOptions(), None)
+    ref = prepare(stages, reference, reference_smpl, source_options, "reference photo")
+    motion = driver_motion(stages.body, source, ImitateOptions(), None, role="source video")
     notes = []
     with stages.tuned(personalize is not None):
         if personalize is not None:
@@ -92,26 +103,27 @@ def swap_video(stages: Stages, source: Path, reference: Source, output: PathLike
         done = _write_swap_video(stages, source, ref, output, motion, parts, front_warp, source_options,
                                  overwrite, progress)
     return JobResult(output=output, frames=done, fps=motion.fps, size=(stages.size, stages.size),
-                     warnings=source_notes([ref]) + notes, missing_frames=list(motion.missing))
+                     warnings=source_notes([ref]) + notes + vfr_note(motion), missing_frames=list(motion.missing))
 
 
 def _write_swap_video(stages: Stages, source: Path, ref: PreparedSource, output: Path, motion: MotionData,
                       parts, front_warp: bool, source_options: SourceOptions, overwrite: bool,
                       progress: Progress | None) -> int:
-    """Prepare, swap and encode each frame of `source` in turn; -> the number of frames written."""
+    """Prepare, swap and encode each frame of `source` in turn (a variable-rate video's frames held for
+    their own durations); -> the number of frames written."""
     ref_feats = stages.encode([ref])[0]
-    done = 0
-    with VideoWriter(output, motion.fps, audio_from=source, audio_duration=float(motion.frame_count / motion.fps),
-                     overwrite=overwrite) as writer, read_frames(source, max_frames=motion.frame_count) as frames:
-        for rgb, theta in zip(frames, motion.thetas.astype(np.float64)):
+    holds = output_holds(motion)
+    seconds = float(holds.sum() / motion.fps)
+    with VideoWriter(output, motion.fps, audio_from=source, audio_duration=seconds, overwrite=overwrite,
+                     length=seconds) as writer, read_frames(source, max_frames=motion.frame_count) as frames:
+        for i, (rgb, theta, hold) in enumerate(zip(frames, motion.thetas.astype(np.float64), holds.tolist())):
             src = stages.prepare_frame(rgb, source, theta, source_options)
             image = swap_image(stages.body, stages.synth, src, ref, stages.encode([src])[0], ref_feats, parts,
                                front_warp)
-            writer.write(to_uint8_frames(image)[0])
-            done += 1
+            writer.write(np.repeat(to_uint8_frames(image)[0][None], hold, axis=0))
             if progress is not None:
-                progress(done, motion.frame_count)
-    return done
+                progress(i + 1, motion.frame_count)
+    return writer.frames_written
 
 
 def first_person_frame(source: Path, motion: MotionData) -> tuple[int, np.ndarray]:

@@ -21,7 +21,7 @@ from impersonator_cli.body.tracking import (
     box_corner, box_from_joints, cam_frame_norm_to_crop, hmr_theta_fn, padded_frame_box, snap_box, square_crop,
     theta_joints, track_frames,
 )
-from impersonator_cli.errors import InputError, UsageError
+from impersonator_cli.errors import InputError, UsageError, check_option
 from impersonator_cli.defaults import BG_KS, FT_KS
 from impersonator_cli.render.flow import Masks, condition_masks
 from impersonator_cli.io.images import is_video_path, read_image, resize_rgb
@@ -48,6 +48,9 @@ class SourceOptions:
         if self.crop not in CROPS:
             raise UsageError(f"Unknown crop '{self.crop}'", hint=f"Use one of: {', '.join(CROPS)}.")
         parse_background(self.background)  # a UsageError names a bad value now, before any work
+        for name in ("bg_ks", "ft_ks"):
+            value = getattr(self, name)
+            check_option(isinstance(value, int) and 1 <= value <= 255, name, "a kernel size in 1..255 pixels", value)
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,12 @@ class PreparedSource:
         return self.theta[:, 75:85]
 
 
-def frame_theta(body: BodyModel, rgb: np.ndarray, path: Path, batch_size: int = 1) -> np.ndarray:
-    """HMR (two-pass, person-centred) on one photo -> 85 theta in the frame convention."""
-    track = track_frames([rgb], hmr_theta_fn(body.hmr()), body.smpl, batch_size=batch_size, source=path)
+def frame_theta(body: BodyModel, rgb: np.ndarray, path: Path, batch_size: int = 1,
+                role: str = "source photo") -> np.ndarray:
+    """HMR (two-pass, person-centred) on one photo -> 85 theta in the frame convention.
+    Errors name the photo's `role` ('source photo', 'reference photo') and `path`."""
+    track = track_frames([rgb], hmr_theta_fn(body.hmr()), body.smpl, batch_size=batch_size, source=path,
+                         role=role)
     return track.thetas[0]
 
 
@@ -105,22 +111,25 @@ def person_box(body: BodyModel, theta_frame: np.ndarray, frame_size: tuple[int, 
 
 def prepare_source(body: BodyModel, path: str | Path, size: int, *, theta: np.ndarray | None = None,
                    crop: str = "person", background: BackgroundSpec = BackgroundSpec(),
-                   inpaintor=None, bg_ks: int = BG_KS, ft_ks: int = FT_KS) -> PreparedSource:
-    """Read a source photo and do all per-source work except the generator's encoding."""
+                   inpaintor=None, bg_ks: int = BG_KS, ft_ks: int = FT_KS,
+                   role: str = "source photo") -> PreparedSource:
+    """Read a source photo and do all per-source work except the generator's encoding.
+    `role` names the photo in errors ('source photo', 'reference photo')."""
     path = Path(path)
     if is_video_path(path):
         raise InputError("The source must be a photo, but this is a video", path=path,
                          hint="Give an image (JPEG/PNG/WebP); `swap` also accepts a video source.")
     return prepare_rgb(body, read_image(path), path, size, theta=theta, crop=crop, background=background,
-                       inpaintor=inpaintor, bg_ks=bg_ks, ft_ks=ft_ks)
+                       inpaintor=inpaintor, bg_ks=bg_ks, ft_ks=ft_ks, role=role)
 
 
 def prepare_rgb(body: BodyModel, rgb: np.ndarray, path: Path, size: int, *, theta: np.ndarray | None = None,
                 crop: str = "person", background: BackgroundSpec = BackgroundSpec(),
-                inpaintor=None, bg_ks: int = BG_KS, ft_ks: int = FT_KS) -> PreparedSource:
-    """All per-source work on an RGB image (H x W x 3 uint8) named by `path`."""
+                inpaintor=None, bg_ks: int = BG_KS, ft_ks: int = FT_KS,
+                role: str = "source photo") -> PreparedSource:
+    """All per-source work on an RGB image (H x W x 3 uint8) named by `path` (and `role`, in errors)."""
     frame_size = (rgb.shape[1], rgb.shape[0])
-    theta_frame = frame_theta(body, rgb, path) if theta is None else np.asarray(theta, np.float64)
+    theta_frame = frame_theta(body, rgb, path, role=role) if theta is None else np.asarray(theta, np.float64)
     if not np.isfinite(theta_frame).all() or theta_frame.shape != (85,):
         raise InputError("The SMPL parameters given for the source are not a finite 85-vector", path=path)
     box = snap_box(person_box(body, theta_frame, frame_size, crop))  # the exact pixels cropped

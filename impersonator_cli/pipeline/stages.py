@@ -21,6 +21,7 @@ from impersonator_cli.pipeline.background import parse_background
 from impersonator_cli.pipeline.rig import BodyModel, load_body_model
 from impersonator_cli.pipeline.source import PreparedSource, SourceOptions, prepare_rgb, prepare_source
 from impersonator_cli.pipeline.synth import LWBSynthesizer, WarpOnly
+from impersonator_cli.render.backends import RENDERERS
 from impersonator_cli.types import PathLike
 from impersonator_cli.weights import store as weights
 from impersonator_cli.weights.registry import DEFAULT_GENERATOR
@@ -40,11 +41,12 @@ class Stages:
     weights_dir: Path | None
 
     def prepare(self, source: Path, theta: np.ndarray | None = None,
-                options: SourceOptions = SourceOptions()) -> PreparedSource:
-        """Per-source work on a photo (body, crop, maps, masks, background). theta: 85, frame convention."""
+                options: SourceOptions = SourceOptions(), role: str = "source photo") -> PreparedSource:
+        """Per-source work on a photo (body, crop, maps, masks, background). theta: 85, frame convention;
+        role: the photo's name in errors ('source photo', 'reference photo')."""
         return prepare_source(self.body, source, self.size, theta=theta, crop=options.crop,
                               background=parse_background(options.background), inpaintor=self.inpaintor,
-                              bg_ks=options.bg_ks, ft_ks=options.ft_ks)
+                              bg_ks=options.bg_ks, ft_ks=options.ft_ks, role=role)
 
     def prepare_frame(self, rgb: np.ndarray, name: Path, theta: np.ndarray,
                       options: SourceOptions = SourceOptions()) -> PreparedSource:
@@ -80,6 +82,8 @@ def load_stages(weights_dir: PathLike | None = None, device: str = "auto", preci
     for the warp-only baseline) and, when its weights exist and `inpaint`, the DeepFillv2 inpaintor."""
     if size not in SIZES:
         raise UsageError(f"Unsupported output size {size}", hint="Use 256 (the trained size) or 512.")
+    if renderer not in RENDERERS:
+        raise UsageError(f"Unknown renderer '{renderer}'", hint=f"Use one of: {', '.join(RENDERERS)}.")
     folder = Path(weights_dir) if weights_dir is not None else None
     runtime = resolve_runtime(device, precision)
     body = load_body_model(folder, runtime.device, renderer)

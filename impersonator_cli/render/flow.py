@@ -156,7 +156,7 @@ def resolve_parts(parts: str | Sequence[str], part_names: Sequence[str]) -> list
     for item in items:
         found = _group(item, part_names) if item in PART_GROUPS else [by_name.get(item, -1)]
         if not found or found == [-1]:
-            valid = list(PART_GROUPS) + [_short(n) for n in part_names]
+            valid = list(dict.fromkeys([*PART_GROUPS, *(_short(n) for n in part_names)]))
             raise UsageError(f"Unknown body part {item!r}",
                              hint=f"Use one or more (comma-separated) of: {', '.join(valid)}.")
         chosen.update(found)

@@ -14,18 +14,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from impersonator_cli.defaults import cache_root
 from impersonator_cli.weights.checkpoints import save_safetensors
 
-ENV_CACHE_DIR = "IMPERSONATE_CACHE_DIR"
 CACHE_VERSION = "impersonate-posttune/2"  # 2: one key for both schedules (tune/loop.py)
 TUNED_PREFIXES = ("src_model.", "tsf_model.")
 
 
 def default_cache_dir() -> Path:
     """$IMPERSONATE_CACHE_DIR/personalized, else ~/.cache/impersonate/personalized."""
-    root = os.environ.get(ENV_CACHE_DIR)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "impersonate"
-    return base / "personalized"
+    return cache_root() / "personalized"
 
 
 def tensor_digest(*tensors: Tensor) -> str:
@@ -34,7 +32,7 @@ def tensor_digest(*tensors: Tensor) -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

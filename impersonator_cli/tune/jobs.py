@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from impersonator_cli.errors import UsageError
+from impersonator_cli.errors import UsageError, check_option
 from impersonator_cli.pipeline.source import PreparedSource
 from impersonator_cli.pipeline.stages import Stages
 from impersonator_cli.pipeline.synth import LWBSynthesizer
@@ -30,6 +30,11 @@ class PersonalizeOptions:
     seconds: Optional[float] = None
     use_face: Optional[bool] = None
     cache: bool = True
+
+    def __post_init__(self) -> None:
+        check_option(self.steps is None or self.steps >= 1, "steps", "at least 1", self.steps, "--personalize-steps")
+        check_option(self.seconds is None or self.seconds > 0, "seconds", "more than 0", self.seconds,
+                     "--personalize-seconds")
 
 
 def for_source(stages: Stages, src: PreparedSource, options: PersonalizeOptions = PersonalizeOptions(),

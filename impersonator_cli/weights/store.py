@@ -10,6 +10,10 @@ and time of every file). Files get there by `impersonate weights import` (the of
 Lookup order for a file: the explicit `weights_dir` argument (CLI `--weights-dir`), then
 `$IMPERSONATE_WEIGHTS_DIR`, then `./weights`, then the Hugging Face cache (cache lookup only, for the
 repos that `weights download` recorded or that `$IMPERSONATE_WEIGHTS_REPO` names).
+
+Jobs get weight files by name through `find` (or `resolve`), which first checks the whole local folder
+against its manifest, as `weights verify` does (`check_folder`; matches remembered by stat, see
+`verify_cache.py`): a damaged, edited or swapped file stops the job with a WeightsError.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from impersonator_cli.errors import WeightsError
+from impersonator_cli.weights import verify_cache
 from impersonator_cli.weights.registry import REGISTRY, Artefact, get
 
 ENV_WEIGHTS_DIR = "IMPERSONATE_WEIGHTS_DIR"
@@ -96,16 +101,26 @@ def _from_hf_cache(row: Artefact, dirs: list[Path]) -> Path | None:
     return None
 
 
-def find(name: str, weights_dir: str | os.PathLike | None = None) -> Path | None:
-    """Where the file of `name` is (see the module docstring for the order), or None.
-
-    A network counts only with its JSON config beside it."""
+def _locate(name: str, weights_dir: str | os.PathLike | None = None) -> tuple[Path | None, bool]:
+    """(where the file of `name` is, or None; whether that is a local weights folder), unverified."""
     row = get(name)
     dirs = search_dirs(weights_dir)
     for d in dirs:
         if all((d / f).is_file() for f in row.local_files):
-            return d / row.local_name
-    return _from_hf_cache(row, dirs)
+            return d / row.local_name, True
+    return _from_hf_cache(row, dirs), False
+
+
+def find(name: str, weights_dir: str | os.PathLike | None = None) -> Path | None:
+    """Where the file of `name` is (see the module docstring for the order), or None.
+
+    A network counts only with its JSON config beside it. This is the one gate between a job and
+    its weight files: a file in a local weights folder is handed out only once every file that
+    folder's manifest records still matches it (`check_folder`; WeightsError otherwise)."""
+    path, local = _locate(name, weights_dir)
+    if path is not None and local:
+        check_folder(path.parent)
+    return path
 
 
 def resolve(name: str, weights_dir: str | os.PathLike | None = None) -> Path:
@@ -235,25 +250,78 @@ class VerifyReport:
                 "files": [f.__dict__ for f in self.files]}
 
 
+def _file_status(folder: Path, fname: str, expected: str, records: verify_cache.Records,
+                 use_cache: bool) -> VerifiedFile:
+    """One recorded file against its manifest sha256; a match hashed now is remembered in `records`."""
+    path = folder / fname
+    before = verify_cache.stamp(path)
+    if before is None:
+        records.pop(fname, None)
+        return VerifiedFile(fname, "missing", expected, None)
+    if use_cache and verify_cache.trusted(records, fname, before, expected):
+        return VerifiedFile(fname, "ok", expected, expected)
+    actual = sha256_file(path)
+    if actual == expected:
+        verify_cache.remember(records, fname, before, verify_cache.stamp(path), actual)
+    else:
+        records.pop(fname, None)
+    return VerifiedFile(fname, "ok" if actual == expected else "mismatch", expected, actual)
+
+
+def _verify_folder(folder: Path, use_cache: bool) -> VerifyReport:
+    """Every file the manifest of `folder` records: ok / mismatch / missing (cached matches when asked)."""
+    recorded = read_manifest(folder)["files"]
+    records = verify_cache.load(folder)
+    known = {k: v for k, v in records.items() if k in recorded}
+    rows = tuple(_file_status(folder, fname, str(entry.get("sha256", "")), known, use_cache)
+                 for fname, entry in sorted(recorded.items()))
+    if known != records:
+        verify_cache.save(folder, known)
+    extra = sorted(p.name for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.name not in recorded
+                   and p.name not in (MANIFEST_NAME, "README.md"))
+    return VerifyReport(folder, rows, tuple(extra))
+
+
 def verify(weights_dir: str | os.PathLike | None = None) -> VerifyReport:
-    """Recompute the sha256 of every file manifest.json lists: ok / mismatch / missing."""
+    """Recompute the sha256 of every file manifest.json lists: ok / mismatch / missing (no cache
+    trusted; the matches found refresh the record that jobs use, see `check_folder`)."""
     folder = target_dir(weights_dir)
     if not (folder / MANIFEST_NAME).is_file():
         raise WeightsError(
             f"No {MANIFEST_NAME} in {folder}: nothing to verify",
             hint="Import the official release first: `impersonate weights import pretrains.zip checkpoints.zip`.",
         )
-    recorded = read_manifest(folder)["files"]
-    rows = []
-    for fname, entry in sorted(recorded.items()):
-        path = folder / fname
-        actual = sha256_file(path) if path.is_file() else None
-        status = "missing" if actual is None else ("ok" if actual == entry.get("sha256") else "mismatch")
-        rows.append(VerifiedFile(fname, status, entry.get("sha256", ""), actual))
-    extra = sorted(p.name for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.name not in recorded
-                   and p.name not in (MANIFEST_NAME, "README.md"))
-    return VerifyReport(folder, tuple(rows), tuple(extra))
+    return _verify_folder(folder, use_cache=False)
+
+
+def verify_error(report: VerifyReport) -> WeightsError:
+    """The one-paragraph error for a folder whose files differ from its manifest (names every such file)."""
+    bad = [f for f in report.files if f.status != "ok"]
+    what = {"mismatch": "changed since it was recorded (damaged, edited or swapped with another file)",
+            "missing": "recorded but missing"}
+    listed = "; ".join(f"{report.weights_dir / f.file} is {what[f.status]}" for f in bad[:4])
+    listed += f"; and {len(bad) - 4} more" if len(bad) > 4 else ""
+    return WeightsError(
+        f"The weights in {report.weights_dir} do not match their {MANIFEST_NAME}: {listed}",
+        hint=f"Run `impersonate weights verify --weights-dir {report.weights_dir}` to "
+             "see every file, then import or download the weights again (`impersonate weights import "
+             "pretrains.zip checkpoints.zip`, or `impersonate weights download --repo ID --revision REV`).",
+    )
+
+
+def check_folder(folder: str | os.PathLike) -> None:
+    """Before a job uses a file of `folder`: every file its manifest records must match its sha256
+    (what `weights verify` checks), else WeightsError. A folder without a manifest is not checked.
+
+    Matches are remembered by stat (`weights/verify_cache.py`), so only new or changed files are
+    hashed again."""
+    folder = Path(folder)
+    if not (folder / MANIFEST_NAME).is_file():
+        return
+    report = _verify_folder(folder, use_cache=True)
+    if not report.ok:
+        raise verify_error(report)
 
 
 # ---------------------------------------------------------------- status (list / doctor)
@@ -289,7 +357,7 @@ def status(weights_dir: str | os.PathLike | None = None, check: bool = False) ->
     """One row per registry artefact; `check` recomputes sha256 against the manifest (slow)."""
     out = []
     for row in REGISTRY:
-        path = find(row.name, weights_dir)
+        path = _locate(row.name, weights_dir)[0]  # reports, never refuses: `_state` says "modified"
         out.append(ArtefactStatus(row.name, row.role, row.required_for, _state(path, check), path,
                                   "" if path else row.how_to_get()))
     return out

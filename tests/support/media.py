@@ -69,6 +69,32 @@ def make_vfr_clip(path, size=(64, 48), frames=45) -> Path:
     return Path(path)
 
 
+PHONE_TIMES = tuple([i / 25 for i in range(25)] + [2.48 + 0.1 * i for i in range(5)])
+
+
+def phone_level(i: int) -> int:
+    """The luma of frame i of `make_phone_vfr` (video range, so it survives the RGB round trip)."""
+    return 40 + 6 * i
+
+
+def make_phone_vfr(path, bframes: int = 0, audio: bool = True, size=(64, 48)) -> Path:
+    """A phone that slowed its capture: 25 frames 1/25 s apart, then 5 frames at 2.48 s + 0.1 s k
+    (PHONE_TIMES); frame i is flat grey at luma `phone_level(i)`, so a decoded frame tells its index.
+    With a 440 Hz tone lasting 3 s when `audio`."""
+    w, h = size
+    pts = "if(lt(N,25),N/25,2.48+(N-25)/10)"
+    args = ["-f", "lavfi", "-i", f"color=black:size={w}x{h}:rate=25,geq=lum='40+6*N':cb=128:cr=128"]
+    if audio:
+        args += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=3"]
+    args += ["-frames:v", "30", "-vf", f"settb=1/1000,setpts='{pts}/TB'", "-fps_mode", "vfr",
+             "-enc_time_base:v", "1/1000", "-c:v", "libx264", "-bf", str(bframes), "-preset", "ultrafast",
+             "-pix_fmt", "yuv420p"]
+    if audio:
+        args += ["-c:a", "aac"]
+    run_ffmpeg(*args, path)
+    return Path(path)
+
+
 def make_truncated(src, path, keep=0.5) -> Path:
     """`src` remuxed with the index first (faststart) and then cut to `keep` of its bytes."""
     path = Path(path)
