@@ -23,13 +23,10 @@ status=0
 for photo in "$photos"/*; do
     case "${photo,,}" in *.jpg|*.jpeg|*.png|*.webp) ;; *) continue ;; esac
     name=$(basename "${photo%.*}")
-    if impersonate imitate -s "$photo" -d "$motion" --audio-file "$driver" -o "$out/$name.mp4" \
-            --overwrite --json --quiet "$@" > "$out/$name.json"; then
-        tr -d '\n' < "$out/$name.json" >> "$out/summary.jsonl" && echo >> "$out/summary.jsonl"
-        rm -f "$out/$name.json"
-    else
+    # --json prints one line on success and on failure ({"error": ...}): append it as it is.
+    if ! impersonate imitate -s "$photo" -d "$motion" --audio-file "$driver" -o "$out/$name.mp4" \
+            --overwrite --json --quiet "$@" >> "$out/summary.jsonl"; then
         status=$?
-        rm -f "$out/$name.json"
         echo "failed ($status): $photo" >&2
     fi
 done

@@ -24,3 +24,22 @@ def cache_root() -> Path:
 # a 200-megapixel phone photo fits). Checked on the header before decoding: a few bytes can claim
 # 100000 x 100000 pixels. A quarter of OpenCV's own CV_IO_MAX_IMAGE_PIXELS (2^30).
 MAX_IMAGE_PIXELS = 1 << 28
+
+
+# ---------------------------------------------------------------- where weights live (weights/store.py reads these)
+
+ENV_WEIGHTS_DIR = "IMPERSONATE_WEIGHTS_DIR"  # a weights folder that replaces the per-user one
+LEGACY_WEIGHTS_DIR = "weights"  # ./weights of the current folder: looked in only when it holds a manifest.json
+
+
+def user_weights_dir() -> Path:
+    """The per-user weights folder, the same from every working folder (read when called):
+    $XDG_DATA_HOME/impersonate/weights, else ~/.local/share/impersonate/weights.
+
+    Lookup order for weight files (weights/store.py `search_dirs`): --weights-dir, $IMPERSONATE_WEIGHTS_DIR,
+    ./weights holding a manifest.json, this folder, then the Hugging Face cache. `weights import` and
+    `weights download` write to --weights-dir, else $IMPERSONATE_WEIGHTS_DIR, else this folder."""
+    data = Path(os.environ.get("XDG_DATA_HOME", "") or "~/.local/share").expanduser()
+    if not data.is_absolute():  # the XDG spec: a relative path is invalid and ignored
+        data = Path.home() / ".local" / "share"
+    return data / "impersonate" / "weights"

@@ -321,7 +321,7 @@ def test_demo_command_writes_viewable_results(tmp_path, cli):
     import json
 
     summary = json.loads(res.stdout)
-    assert set(summary) == {"imitate", "imitate_side_by_side", "swap", "novelview"}
+    assert set(summary) == {"imitate", "imitate_side_by_side", "swap", "novelview", "note"}
     assert probe(out / "imitate.mp4").frame_count == 6 and probe(out / "imitate.mp4").has_audio
     assert probe(out / "imitate-side-by-side.mp4").width == 512
     assert probe(out / "novelview.mp4").frame_count == 6

@@ -208,7 +208,7 @@ def test_handlers_live_only_while_main_runs_and_ignored_signals_stay_ignored(cli
     seen = {}
     monkeypatch.setattr(doctor, "collect_report", lambda **_: seen.update(
         {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}) or {})
-    monkeypatch.setattr(doctor, "render_report", lambda *a: None)
+    monkeypatch.setattr(doctor, "render_report", lambda *a, **k: None)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     old = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
     try:

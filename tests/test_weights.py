@@ -33,6 +33,7 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.delenv(weights.ENV_WEIGHTS_REPO, raising=False)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # the per-user weights folder, empty
     monkeypatch.chdir(tmp_path)
 
     def no_network(*args, **kwargs):
@@ -75,6 +76,7 @@ def test_resolution_order(clean_env, monkeypatch):
     for d in (explicit, env, cwd_dir):
         d.mkdir()
         (d / "smpl_faces.npy").write_bytes(d.name.encode())
+    weights.write_manifest(cwd_dir, {"files": {}})  # ./weights counts only with a manifest.json
     monkeypatch.setenv(weights.ENV_WEIGHTS_DIR, str(env))
     assert weights.resolve("smpl_faces", explicit).read_bytes() == b"explicit"
     assert weights.resolve("smpl_faces").read_bytes() == b"env"
@@ -89,7 +91,7 @@ def test_missing_file_says_where_it_looked_and_how_to_get_it(clean_env):
         weights.resolve("hmr", clean_env / "nowhere")
     text = str(err.value)
     assert "hmr.safetensors" in text and str(clean_env / "nowhere") in text and "Hugging Face cache" in text
-    assert "impersonate weights import pretrains.zip" in text and "--revision" in text
+    assert "impersonate weights import pretrains.zip checkpoints.zip" in text and "smpl.is.tue.mpg.de" in text
 
 
 def _fake_hf_cache(root: Path, repo_id: str, files: dict[str, bytes], tag: str = "v1.0") -> None:
@@ -110,6 +112,7 @@ def test_hf_cache_is_the_last_fallback(clean_env, monkeypatch):
     assert weights.resolve("uv_mapper").read_bytes() == b"from-cache"
     (clean_env / "weights").mkdir()
     (clean_env / "weights" / "mapper.txt").write_bytes(b"local")
+    weights.write_manifest(clean_env / "weights", {"files": {}})
     assert weights.resolve("uv_mapper").read_bytes() == b"local"
 
 

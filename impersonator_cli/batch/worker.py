@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
@@ -23,7 +24,7 @@ from typing import Optional
 from impersonator_cli.api import ImitateOptions
 from impersonator_cli.batch.spec import JobSpec, StageKey
 from impersonator_cli.body.motion import MotionData, content_hash, load_motion, save_motion
-from impersonator_cli.jobs.common import JobResult
+from impersonator_cli.jobs.common import JobResult, Timings
 from impersonator_cli.jobs.imitate import is_motion_file
 from impersonator_cli.io.images import is_video_path
 from impersonator_cli.types import Progress
@@ -44,6 +45,7 @@ class Worker:
         self.counts = {"stages_loaded": 0, "sources_prepared": 0, "sources_reused": 0,
                        "motions_extracted": 0, "motions_reused": 0}
         self.last_reuse: dict = {}
+        self._times = Timings()
 
     def impersonator(self, key: StageKey):
         if key not in self._stages:
@@ -53,9 +55,20 @@ class Worker:
 
     def run(self, spec: JobSpec, progress: Progress | None = None,
             tune_progress: Progress | None = None) -> JobResult:
-        """Run one job (typed errors propagate, as from the API)."""
+        """Run one job (typed errors propagate, as from the API). Its timings start with `load`: the
+        seconds spent loading networks for it (0 when they were loaded already)."""
+        start = time.perf_counter()
         imp = self.impersonator(spec.stages)
-        self.last_reuse = {}
+        load = time.perf_counter() - start
+        self.last_reuse, self._times = {}, Timings()
+        result = self._run(imp, spec, progress, tune_progress)
+        timings = {"load": load, **result.timings}
+        for phase, seconds in self._times.items():  # work done here for the job (sources, motion)
+            timings[phase] = timings.get(phase, 0.0) + seconds
+        result.timings = timings
+        return result
+
+    def _run(self, imp, spec: JobSpec, progress: Progress | None, tune_progress: Progress | None) -> JobResult:
         call = dict(spec.call)
         if spec.kind == "imitate":
             if self.reuse:
@@ -92,7 +105,8 @@ class Worker:
             self.counts["sources_reused"] += 1
             self.last_reuse.setdefault("sources", []).append("reused")
             return self._sources[cache_key]
-        prepared = imp.prepare(photo, smpl=smpl, options=options)
+        with self._times.phase("prepare"):
+            prepared = imp.prepare(photo, smpl=smpl, options=options)
         self._sources[cache_key] = prepared
         if len(self._sources) > _MAX_SOURCES:
             self._sources.popitem(last=False)
@@ -108,7 +122,7 @@ class Worker:
             self.counts["motions_reused"] += 1
             self.last_reuse["motion"] = "memory"
             return self._motions[digest]
-        with self._motion_lock(digest):
+        with self._times.phase("motion"), self._motion_lock(digest):
             motion, how = self._motion_from_disk(digest), "disk"
             if motion is None:
                 motion, how = imp.driver_motion(driver, options), "extracted"

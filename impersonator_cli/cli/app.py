@@ -17,7 +17,7 @@ from impersonator_cli.cli.interrupts import (
     interrupted_line,
 )
 from impersonator_cli.cli.interrupts import exit_code as interrupted_exit_code
-from impersonator_cli.cli.options import JsonOpt, WeightsDirOpt
+from impersonator_cli.cli.options import JsonOpt, VerboseOpt, WeightsDirOpt
 from impersonator_cli.errors import (
     EXIT_INTERRUPTED,
     EncodeError,
@@ -56,15 +56,17 @@ def _root(
 
 
 @app.command()
-def doctor(weights_dir: WeightsDirOpt = None, json_out: JsonOpt = False) -> None:
-    """Check Python, torch, devices, ffmpeg, renderer backends and weights: run this first when something is wrong."""
+def doctor(weights_dir: WeightsDirOpt = None, json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """Check Python, torch, devices, ffmpeg, renderer backends and weights: run this first when something is wrong.
+
+    A few lines and a verdict (--verbose: every check; --json: the whole report). Exits 0 whatever it finds."""
     from impersonator_cli.cli.doctor import collect_report, render_report
 
     report = collect_report(weights_dir=weights_dir)
     if json_out:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report))
     else:
-        render_report(report, Console())
+        render_report(report, Console(), verbose=verbose, weights_dir=weights_dir)
 
 
 def _register_subapps() -> None:
@@ -102,56 +104,71 @@ def _report(error: ImpersonateError, debug: bool) -> None:
     err_console.print(f"{error.paragraph()} {hint}", markup=False, soft_wrap=True)
 
 
-def _internal_error(exc: Exception) -> int:
+def _internal_error(exc: Exception) -> dict:
     err_console.print(
         f"Internal error: {type(exc).__name__}: {exc}. This is a bug in impersonate: run the command again "
         "with --debug for the traceback and report it together with the output of `impersonate doctor`.",
         markup=False,
         soft_wrap=True,
     )
-    return 1
+    return {"kind": "InternalError", "message": f"{type(exc).__name__}: {exc}",
+            "hint": "This is a bug in impersonate: report it with the output of `impersonate doctor`.",
+            "exit_code": 1, "path": None}
 
 
-def _run(argv: list[str] | None, debug: bool, signals: Interrupts) -> int:
-    """Run the app and report a failure; -> the exit code (EXIT_INTERRUPTED for any interruption)."""
+def _usage_error(exc) -> dict:
+    return {"kind": "UsageError", "message": exc.format_message(), "hint": "See --help.",
+            "exit_code": exc.exit_code, "path": None}
+
+
+def _run(argv: list[str] | None, debug: bool, signals: Interrupts) -> tuple[int, dict | None]:
+    """Run the app and report a failure on stderr; -> (exit code, the error as data or None).
+    EXIT_INTERRUPTED stands for any interruption."""
     try:
         code = app(args=argv, standalone_mode=False)  # Typer turns Ctrl-C into Exit(130), returned
-        return code if isinstance(code, int) else 0
+        return (code if isinstance(code, int) else 0), None
     except typer.Exit as exc:
-        return exc.exit_code
+        return exc.exit_code, None
     except (typer.Abort, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, None
     except _ClickException as exc:
         exc.show()
-        return exc.exit_code
+        return exc.exit_code, _usage_error(exc)
     except BrokenPipeError:
-        return 1
+        return 1, None
     except Exception as exc:
         if signals.received:  # a failure the signal caused (ffmpeg stopped by the same SIGTERM)
-            return EXIT_INTERRUPTED
+            return EXIT_INTERRUPTED, None
         if isinstance(exc, ImpersonateError):
             _report(exc, debug)
             if debug:
                 raise
-            return exc.exit_code
+            return exc.exit_code, exc.to_dict()
         if debug:
             raise
-        return _internal_error(exc)
+        return 1, _internal_error(exc)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: the single error boundary of the CLI. SIGINT, SIGTERM and SIGHUP
-    stop a job cleanly (cli/interrupts.py) and exit with 128 + the signal's number."""
-    debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("IMPERSONATE_DEBUG") == "1"
+    stop a job cleanly (cli/interrupts.py) and exit with 128 + the signal's number. With --json, a
+    failure is also one line on stdout: {"error": {"kind", "message", "hint", "exit_code", "path"}}."""
+    args = argv if argv is not None else sys.argv[1:]
+    debug = "--debug" in args or os.environ.get("IMPERSONATE_DEBUG") == "1"
     signals, mark = Interrupts(), publish_mark()
+    error = None
     try:
         with interrupt_handlers(signals):
-            code = _run(argv, debug, signals)
+            code, error = _run(argv, debug, signals)
     except KeyboardInterrupt:  # a signal while the handlers were being installed
         code = EXIT_INTERRUPTED
     if signals.received or code == EXIT_INTERRUPTED:
         signum = signals.signum or signal.SIGINT
-        err_console.print(interrupted_line(signum, published_since(mark)), markup=False, soft_wrap=True)
+        line = interrupted_line(signum, published_since(mark))
+        err_console.print(line, markup=False, soft_wrap=True)
         code = interrupted_exit_code(signum)
+        error = {"kind": "Interrupted", "message": line, "hint": None, "exit_code": code, "path": None}
+    if code and error is not None and "--json" in args:
+        print(json.dumps({"error": error}), flush=True)
     if code:
         sys.exit(code)

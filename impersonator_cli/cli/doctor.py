@@ -1,4 +1,8 @@
-"""`impersonate doctor`: what this machine has and lacks, in one report (a dict, rendered by the CLI)."""
+"""`impersonate doctor`: what this machine has and lacks, in one report (a dict, rendered by the CLI).
+
+By default a few lines and a verdict (`ready for: demo ✓ · real photos ✗ (missing: ...) · CUDA ✗`);
+`--verbose` draws every check; `--json` prints the whole report. It reports and never fails: exit 0.
+"""
 
 from __future__ import annotations
 
@@ -122,23 +126,126 @@ def _renderer_checks() -> list[dict[str, str]]:
 
 def _weights_checks(weights_dir: Path | None) -> list[dict[str, str]]:
     try:
-        from impersonator_cli.weights.store import status_rows
+        from impersonator_cli.weights import store
 
-        return status_rows(weights_dir)
+        return [_folder_row(weights_dir), *store.status_rows(weights_dir)]
     except Exception as exc:  # noqa: BLE001
         return [_row("weights", WARN, f"could not inspect: {exc}")]
 
 
+FOLDER_ITEM = "weights folder"
+
+
+def _folder_row(weights_dir: Path | None) -> dict[str, str]:
+    """Where lookups start, in what order they go on, and where `weights import` writes."""
+    from impersonator_cli.weights import store
+
+    first, into = store.target_dir(weights_dir), store.install_dir(weights_dir).absolute()
+    looked = ", ".join(str(d) for d in store.search_dirs(weights_dir)[1:])
+    then = f"then {looked}, then the Hugging Face cache" if looked else "then the Hugging Face cache"
+    writes = "" if into == first else f"; `weights import` writes to {into}"
+    return _row(FOLDER_ITEM, OK, f"{first} ({then}{writes})")
+
+
 _STYLE = {OK: "green", WARN: "yellow", MISSING: "red"}
+_SYSTEM = ("python", "torch", "ffmpeg")  # what every job needs; weights are judged apart
 
 
-def render_report(report: dict[str, Any], console: Console) -> None:
-    """Draw the report as one table per section."""
+def render_report(report: dict[str, Any], console: Console, verbose: bool = False,
+                  weights_dir: Path | None = None) -> None:
+    """A few lines and the verdict; `verbose`: every check, one table per section."""
+    if verbose:
+        _render_full(report, console)
+    else:
+        _render_short(report, console)
+    if _missing_weights(report):
+        from impersonator_cli.weights.store import route
+
+        console.print(route(weights_dir), markup=False, highlight=False)
+    console.print(verdict(report), markup=False, highlight=False)
+    if not verbose:
+        console.print("Every check: impersonate doctor --verbose", style="dim", markup=False)
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """`ready for: demo ✓ · real photos ✗ (missing: hmr, ...) · CUDA ✗`."""
+    system = _problems(report)
+    weights = _missing_weights(report)
+    demo = _mark(not system, system)
+    photos = _mark(not system and not weights, system + weights)
+    cuda = any(r["item"].startswith("cuda:") and r["status"] == OK for r in report.get("torch", []))
+    return f"ready for: demo {demo} · real photos {photos} · CUDA {'✓' if cuda else '✗'}"
+
+
+def _mark(ok: bool, missing: list[str]) -> str:
+    if ok:
+        return "✓"
+    shown = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
+    return f"✗ (missing: {shown})"
+
+
+def _problems(report: dict[str, Any]) -> list[str]:
+    return [r["item"] for section in _SYSTEM for r in report.get(section, []) if r["status"] == MISSING]
+
+
+def _missing_weights(report: dict[str, Any]) -> list[str]:
+    return [r["item"] for r in report.get("weights", []) if r["status"] == MISSING]
+
+
+def _value(report: dict[str, Any], section: str, item: str) -> str:
+    """The value of a check without its parenthesis (`3.11.7 (/usr/bin/python3)` -> `3.11.7`)."""
+    row = next((r for r in report.get(section, []) if r["item"] == item), None)
+    if row is None or row["status"] == MISSING:
+        return "missing"
+    words = row["value"].split(" (")[0].split()
+    if "version" in words[:-1]:  # ffmpeg's banner: "ffmpeg version n7.1-12-gabc Copyright ..."
+        return words[words.index("version") + 1].split("-")[0]
+    return " ".join(words)
+
+
+def _render_short(report: dict[str, Any], console: Console) -> None:
+    torch_row = next((r for r in report.get("torch", []) if r["item"].startswith("cuda")), None)
+    device = "CPU only" if torch_row is None or torch_row["status"] != OK else "CUDA"
+    console.print(f"impersonate {_value(report, 'python', 'impersonate')} · Python {_value(report, 'python', 'python')}"
+                  f" · torch {_value(report, 'torch', 'torch')} ({device}) · ffmpeg {_value(report, 'ffmpeg', 'ffmpeg')}",
+                  markup=False, highlight=False)
+    for section in _SYSTEM:
+        for row in report.get(section, []):
+            if row["status"] == MISSING:
+                hint = f" → {row['hint']}" if row.get("hint") else ""
+                console.print(f"✗ {row['item']}: {row['value']}{hint}", markup=False, highlight=False)
+    from impersonator_cli.weights.registry import REGISTRY
+
+    status = {r["item"]: r["status"] for r in report.get("weights", [])}
+    needed = [row.name for row in REGISTRY if row.required]
+    have = sum(status.get(name) == OK for name in needed)
+    folder = _value(report, "weights", FOLDER_ITEM)
+    console.print(f"weights: {have} of {len(needed)} needed files found; folder: {folder}", markup=False, highlight=False)
+
+
+def _render_full(report: dict[str, Any], console: Console) -> None:
+    """Every check, one table per section; the weights' shared route is printed once, after them."""
     for section, rows in report.items():
         table = Table(title=section, title_justify="left", show_header=False, box=None, pad_edge=False)
         for row in rows:
             style = _STYLE.get(row["status"], "")
-            hint = f"  → {row['hint']}" if row.get("hint") else ""
+            shown = row.get("hint") and section != "weights"
+            hint = f"  → {row['hint']}" if shown else ""
             table.add_row(row["item"], f"[{style}]{row['status']}[/]", row["value"] + hint)
         console.print(table)
+        if section == "weights":
+            _print_sources(rows, console)
         console.print()
+
+
+def _print_sources(rows: list[dict[str, str]], console: Console) -> None:
+    """Which official archive each absent file comes from (instead of one hint per file)."""
+    from impersonator_cli.weights.registry import NAMES, VGG_URL, get
+
+    by_release: dict[str, list[str]] = {}
+    for row in rows:
+        if row["status"] != OK and row["item"] in NAMES:
+            by_release.setdefault(get(row["item"]).release, []).append(row["item"])
+    for release, names in by_release.items():
+        where = VGG_URL if release == "torchvision" else f"the official {release}.zip"
+        console.print(f"not here, from {where}: {', '.join(names)}", markup=False, highlight=False)

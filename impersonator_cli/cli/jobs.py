@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from impersonator_cli.cli.options import (
-    BatchOpt, CrfOpt, DeviceOpt, JobArgs, JsonOpt, OutputOpt, OverwriteOpt, PrecisionOpt, QuietOpt, with_groups,
+    BatchOpt, CameraOpt, CrfOpt, DeviceOpt, FrameOpt, JobArgs, JsonOpt, LayoutOpt, OutputOpt, OverwriteOpt, PartOpt,
+    PrecisionOpt, QuietOpt, with_groups,
 )
 
 err = Console(stderr=True, highlight=False)
@@ -41,6 +42,31 @@ def progress_bars(labels: Sequence[str], quiet: bool) -> Iterator[dict]:
                for label, task in zip(labels, tasks)}
 
 
+@contextlib.contextmanager
+def phase_reporter(quiet: bool) -> Iterator:
+    """Yields phase(name) -> progress callback: on a terminal, one labelled bar per phase (frames counted
+    where the phase has frames); otherwise one line per phase as it starts."""
+    if quiet:
+        yield lambda name: None
+        return
+    if not err.is_terminal:
+        def announce(name: str):
+            err.print(f"{name} ...", markup=False, soft_wrap=True)
+        yield announce
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err) as bar:
+        current = []
+
+        def start(name: str):
+            for task in current:  # the previous phase is over
+                bar.update(task, completed=bar.tasks[task].total or 1, total=bar.tasks[task].total or 1)
+            task = bar.add_task(name, total=None)
+            current[:] = [task]
+            return lambda done, total: bar.update(task, completed=done, total=total)
+        yield start
+
+
 def _phases(job: str, tuning) -> list[str]:
     return ["personalize", job] if tuning is not None else [job]
 
@@ -48,7 +74,7 @@ def _phases(job: str, tuning) -> list[str]:
 def report(result, out: JobArgs) -> None:
     """Results on stdout (a path, or JSON); notes on stderr."""
     if out.json_out:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict()))
     else:
         print(result.output)
     if not out.quiet:
@@ -115,13 +141,13 @@ def imitate(
     driver: Annotated[Path, typer.Option("--driver", "-d", help="Driver: a video, a folder of frames, an image, or a .motion.npz file.", show_default=False)],
     output: OutputOpt,
     source_smpl: Annotated[Optional[List[Path]], typer.Option("--source-smpl", help="Known SMPL of each source (one-frame .motion.npz), instead of running HMR.", show_default=False)] = None,
-    camera: Annotated[str, typer.Option("--camera", help="smooth (source framing + driver movement) | source | copy.", rich_help_panel="Model")] = "smooth",
+    camera: CameraOpt = "smooth",
     smooth: Annotated[float, typer.Option("--smooth", help="Temporal smoothing of driver poses, in frames (0 = off, as the official).", rich_help_panel="Model")] = 0.0,
     start: Annotated[float, typer.Option("--start", help="Start time in the driver (s).", rich_help_panel="Driver")] = 0.0,
     duration: Annotated[Optional[float], typer.Option("--duration", help="Seconds of the driver to use.", rich_help_panel="Driver")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="At most this many frames.", rich_help_panel="Driver")] = None,
-    layout: Annotated[str, typer.Option("--layout", help="result | side-by-side (driver on the left).", rich_help_panel="Output")] = "result",
-    frame: Annotated[str, typer.Option("--frame", help="crop: the square person crop at --size; source: pasted back into the (first) source photo at its own size.", rich_help_panel="Output")] = "crop",
+    layout: LayoutOpt = "result",
+    frame: FrameOpt = "crop",
     audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Keep the driver's audio.", rich_help_panel="Output")] = True,
     audio_file: Annotated[Optional[Path], typer.Option("--audio-file", help="Take the audio from this file instead (e.g. the driver video with a motion-file driver), from the same start time as the motion.", rich_help_panel="Output")] = None,
     crf: CrfOpt = 18,
@@ -145,7 +171,7 @@ def swap(
     source: Annotated[Path, typer.Option("--source", "-s", help="The person who keeps pose, face and background (a photo, or a video).", show_default=False)],
     reference: Annotated[Path, typer.Option("--reference", "-r", help="The person whose clothes (parts) are taken.", show_default=False)],
     output: OutputOpt,
-    part: Annotated[str, typer.Option("--part", help="body | all | head | upper | lower | comma-separated part names.")] = "body",
+    part: PartOpt = "body",
     source_smpl: Annotated[Optional[Path], typer.Option("--source-smpl", help="Known SMPL of the source (one-frame .motion.npz).")] = None,
     reference_smpl: Annotated[Optional[Path], typer.Option("--reference-smpl", help="Known SMPL of the reference.")] = None,
     args: JobArgs = JobArgs(),
@@ -201,15 +227,17 @@ def demo(
     quiet: QuietOpt = False,
 ) -> None:
     """Run imitate, swap and novelview on a generated mannequin: nothing to download."""
-    from impersonator_cli.demo.world import run_demo
+    from impersonator_cli.demo.world import DEMO_NOTE, run_demo
 
-    with progress_bar("demo", quiet) as progress:
-        results = run_demo(output_dir, frames=frames, device=device, overwrite=overwrite, progress=progress)
+    with phase_reporter(quiet) as phase:
+        results = run_demo(output_dir, frames=frames, device=device, overwrite=overwrite, phase=phase)
     if json_out:
-        print(json.dumps({name: r.to_dict() for name, r in results.items()}, indent=2))
+        print(json.dumps({**{name: r.to_dict() for name, r in results.items()}, "note": DEMO_NOTE}))
     else:
         for name, r in results.items():
             print(f"{name}: {r.output}")
+    if not quiet:
+        err.print(f"[yellow]note:[/] {DEMO_NOTE}", soft_wrap=True)
 
 
 def bench(
@@ -231,7 +259,7 @@ def bench(
     rows = run_bench(sizes=tuple(size or (256, 512)), batch=batch_size, frames=frames, device=device,
                      precision=precision, repeats=repeats, memory=memory)
     if json_out:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows))
         return
     from impersonator_cli.devices import resolve_runtime
 

@@ -39,7 +39,7 @@ def extract(
     summary = {"output": str(output), "frames": motion.frame_count,
                "fps": f"{motion.fps.numerator}/{motion.fps.denominator}", "missing_frames": list(motion.missing),
                "variable_frame_rate": motion.times is not None}
-    print(json.dumps(summary, indent=2) if json_out else output)
+    print(json.dumps(summary) if json_out else output)
     if motion.times is not None and not quiet:
         err.print(f"[yellow]note:[/] the driver has a variable frame rate: each frame's time is kept, and jobs "
                   f"show the frames at those times on a constant {float(motion.fps):g} fps output")

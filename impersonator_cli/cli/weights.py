@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -33,7 +34,7 @@ def _err() -> Console:
 
 
 def _print_json(data: object) -> None:
-    print(json.dumps(data, indent=2))
+    print(json.dumps(data))
 
 
 @weights_app.command("list")
@@ -42,25 +43,47 @@ def list_weights(
     check: Annotated[bool, typer.Option("--check", help="Recompute sha256 against manifest.json (slow).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Every weight file: what it is for, whether it is here, and how to get it."""
+    """Every weight file: whether it is here, what it is needed for, which official archive has it."""
     rows = weights.status(weights_dir, check=check)
     if json_out:
         _print_json([r.to_dict() for r in rows])
         return
-    table = Table(title=f"Weights ({weights.target_dir(weights_dir)})", title_justify="left")
-    for col in ("name", "role", "needed for", "state", "path / how to get it"):
+    folder = weights.target_dir(weights_dir)
+    out = _out_wrapped()
+    out.print(f"Weights in {folder}", markup=False)
+    table = Table(box=box.SIMPLE, pad_edge=False, show_edge=False)
+    for col in ("name", "state", "needed for", "from"):
         table.add_column(col, overflow="fold")
     for r in rows:
         optional_gone = r.state == "missing" and not r.required_for
         state = "not present" if optional_gone else r.state
         style = "yellow" if optional_gone else _STYLE.get(r.state, "")
-        table.add_row(r.name, r.role, ", ".join(r.required_for) or "optional",
-                      f"[{style}]{state}[/]", str(r.path) if r.path else r.how_to_get)
-    _out().print(table)
+        table.add_row(r.name, f"[{style}]{state}[/]", _needed_for(r.required_for), _origin(r.name))
+    out.print(table)
+    elsewhere = [r for r in rows if r.path is not None and r.path.parent != folder]
+    for r in elsewhere:
+        out.print(f"{r.name}: {r.path}", markup=False)
     lacking = [r.name for r in rows if r.state == "missing" and r.required_for]
     if lacking:
-        _out().print(f"Missing for inference: {', '.join(lacking)}. "
-                     "Get them with `impersonate weights import pretrains.zip checkpoints.zip`.", markup=False)
+        out.print(f"Missing for inference: {', '.join(lacking)}. {weights.route(weights_dir)}", markup=False)
+
+
+def _out_wrapped() -> Console:
+    """stdout, wrapped at the terminal's width ($COLUMNS): paths and the route fold instead of running on."""
+    return Console(highlight=False)
+
+
+def _needed_for(jobs: tuple[str, ...]) -> str:
+    from impersonator_cli.weights.registry import INFERENCE
+
+    return "every job" if tuple(jobs) == INFERENCE else (", ".join(jobs) or "optional")
+
+
+def _origin(name: str) -> str:
+    from impersonator_cli.weights.registry import get
+
+    row = get(name)
+    return "torchvision" if row.release == "torchvision" else f"{row.release}.zip"
 
 
 @weights_app.command("verify")
@@ -106,6 +129,9 @@ def import_weights(
     for item in report.imported:
         table.add_row(item.name, ", ".join(item.files), item.source)
     _out().print(table)
+    first = weights.target_dir(weights_dir)
+    if first != report.weights_dir.absolute():
+        _out().print(f"Note: jobs run here look in {first} first (it holds a manifest.json).", markup=False)
     if report.optional_missing:
         _out().print(f"Optional, not present: {', '.join(report.optional_missing)}.", markup=False)
     if report.required_missing:
@@ -115,7 +141,9 @@ def import_weights(
 
 @weights_app.command("download")
 def download_weights(
-    repo: Annotated[str, typer.Option("--repo", help="Hugging Face repo id (owner/name).", show_default=False)],
+    repo: Annotated[str, typer.Option("--repo", help="Hugging Face repo id (owner/name) of converted weights, laid out "
+                                                     "like a weights folder (no official repo exists).",
+                                        show_default=False)],
     revision: Annotated[str, typer.Option("--revision", help="Full 40-character commit hash or a release tag "
                                                              "(branch names are refused).", show_default=False)],
     name: Annotated[Optional[List[str]], typer.Option("--name", help="Only these artefacts (repeatable).",
@@ -123,7 +151,13 @@ def download_weights(
     weights_dir: WeightsDirOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Download converted weights from a pinned Hugging Face repo (the only command using the network)."""
+    """Download converted weights from a pinned Hugging Face repo (the only command using the network).
+
+    There is no official Hugging Face repo: the official project publishes pretrains.zip and
+    checkpoints.zip (use `weights import`). This fetches a repo laid out like a weights folder, e.g. one
+    you filled yourself: hmr.safetensors + hmr.json, generator_fashion_place.safetensors + .json,
+    inpaintor_deepfillv2.safetensors + .json, smpl_faces.npy, mapper.txt, smpl_part_info.json,
+    front_facial.json, head.json, and optionally manifest.json (sha256 values, then checked)."""
     from impersonator_cli.weights.download import download
 
     report = download(repo, revision, weights_dir, names=name or None)

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from impersonator_cli.render.body_view import view_body
 from impersonator_cli.render.texture import face_corner_uv, render_texture
 from impersonator_cli.io.probe import find_ffmpeg
 from impersonator_cli.io.video import VideoWriter
+from impersonator_cli.types import Progress
 
 FPS = Fraction(25)
 UPRIGHT = (math.pi, 0.0, 0.0)  # HMR's global rotation: SMPL's y-up body upright in the y-down image
@@ -189,31 +191,45 @@ def _make_inputs(folder: Path, size: int, frames: int) -> DemoFiles:
 RESULTS = ("imitate.mp4", "imitate-side-by-side.mp4", "swap.png", "novelview.mp4")
 
 
+DEMO_NOTE = ("The demo ran warp-only (--generator none): the source's pixels are moved onto the new body, and "
+             "the background behind the person is filled by OpenCV's classical inpainting, not DeepFillv2. "
+             "Expect grey smears where the body was, and a face where the back of the head should be when "
+             "the person turns. With the official weights (impersonate weights import), the Liquid Warping "
+             "GAN generator and DeepFillv2 fill these in.")
+
+
 def run_demo(folder: Path, frames: int = 75, device: str = "auto", overwrite: bool = False,
-             progress=None) -> dict:
-    """Build the demo inputs in `folder` and run the three jobs on them (warp-only generator)."""
+             phase: Callable[[str], Optional[Progress]] | None = None) -> dict:
+    """Build the demo inputs in `folder` and run the three jobs on them (warp-only generator).
+    `phase(name)` is called as each phase starts and may return that phase's progress(done, total)."""
     from impersonator_cli.api import Impersonator
     from impersonator_cli.errors import OutputError
     from impersonator_cli.api import ImitateOptions, NovelViewOptions, SourceOptions
 
+    phase = phase or (lambda name: None)
     folder = Path(folder)
     existing = [name for name in RESULTS if (folder / name).exists()]
     if existing and not overwrite:
         raise OutputError(f"The demo folder already holds results ({', '.join(existing)})", path=folder,
                           hint="Pass --overwrite or choose another --output-dir.")
+    phase(f"making the mannequin, its photos and a {frames}-frame driver video")
     files = build_demo(folder, frames=frames)
+    phase("loading the body model and preparing the photos")
     imp = Impersonator(weights_dir=files.weights_dir, device=device, generator="none")
     src = imp.prepare(files.source, smpl=files.source_smpl, options=SourceOptions(crop="full"))
     ref = imp.prepare(files.reference, smpl=files.reference_smpl, options=SourceOptions(crop="full"))
     out = {}
     opts = ImitateOptions(audio_file=files.driver)
     out["imitate"] = imp.imitate([src], files.motion, folder / RESULTS[0], options=opts, overwrite=True,
-                                 progress=progress)
+                                 progress=phase(f"imitate: {frames} frames"))
     # The same motion from the driver video's own frames would need HMR weights; the side-by-side
     # layout reads the driver's frames, so it uses the motion with the video as driver source.
-    out["imitate_side_by_side"] = _side_by_side(imp, src, files, folder / RESULTS[1], progress)
+    out["imitate_side_by_side"] = _side_by_side(imp, src, files, folder / RESULTS[1],
+                                                phase(f"imitate beside the driver: {frames} frames"))
+    phase("swap: the reference's upper clothes onto the source")
     out["swap"] = imp.swap(src, ref, folder / RESULTS[2], parts="upper", overwrite=True)
-    out["novelview"] = imp.novel_view(src, folder / RESULTS[3], options=NovelViewOptions(frames=frames), overwrite=True, progress=progress)
+    out["novelview"] = imp.novel_view(src, folder / RESULTS[3], options=NovelViewOptions(frames=frames),
+                                      overwrite=True, progress=phase(f"novel view: a {frames}-view orbit"))
     return out
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -91,3 +93,14 @@ def tuning_notes(report) -> list[str]:
     how = "reused from the cache" if report.cache_hit else f"{report.steps} steps in {report.seconds:.0f} s"
     return [f"personalization: {how}", *report.notes]
 
+
+class Timings(dict):
+    """Seconds per phase of a job (load, prepare, motion, personalize, render_encode ...)."""
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - start

@@ -24,7 +24,7 @@ from impersonator_cli.pipeline.background import to_uint8_frames
 from impersonator_cli.pipeline.compose import synthesize
 from impersonator_cli.errors import UsageError, check_option
 from impersonator_cli.jobs.common import (
-    VIDEO_SUFFIXES, JobResult, Source, existing, output_path, prepare, source_notes, tuning_notes,
+    VIDEO_SUFFIXES, JobResult, Source, Timings, existing, output_path, prepare, source_notes, tuning_notes,
 )
 from impersonator_cli.io import timing
 from impersonator_cli.io.images import is_image_path, resize_rgb
@@ -258,15 +258,20 @@ def imitate(stages: Stages, sources: Sequence[Source], driver: PathLike, output:
     motion recovered already (`driver_motion` with the same options), to reuse it across jobs."""
     output, driver = check_imitate(sources, driver, output, options, source_smpl, overwrite)
     smpls = list(source_smpl) or [None] * len(sources)
-    prepared = [prepare(stages, s, smpl, source_options) for s, smpl in zip(sources, smpls)]
-    motion = motion if motion is not None else driver_motion(stages.body, driver, options, None)
+    timings = Timings()
+    with timings.phase("prepare"):
+        prepared = [prepare(stages, s, smpl, source_options) for s, smpl in zip(sources, smpls)]
+    with timings.phase("motion"):
+        motion = motion if motion is not None else driver_motion(stages.body, driver, options, None)
     notes = []
     with stages.tuned(personalize is not None):
         if personalize is not None:
             cams, poses = driving_bodies(prepared[0], motion, options)
-            notes += tuning_notes(tuning.for_source(stages, prepared[0], personalize, cams, poses, tune_progress))
+            with timings.phase("personalize"):
+                notes += tuning_notes(tuning.for_source(stages, prepared[0], personalize, cams, poses, tune_progress))
         result = write_imitation(stages.body, stages.synth, prepared, stages.encode(prepared), driver, motion,
                                  output, stages.size, options, overwrite, progress)
+    result.timings = {**timings, **result.timings}
     result.warnings.extend(source_notes(prepared) + notes + vfr_note(motion) + audio_note(driver, options))
     if motion.missing:
         result.warnings.append(f"{len(motion.missing)} driver frame(s) without a plausible person held the "

@@ -22,7 +22,7 @@ from impersonator_cli.errors import UsageError, check_option
 from impersonator_cli.io.images import write_image
 from impersonator_cli.io.video import VideoWriter
 from impersonator_cli.jobs.common import (
-    IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, output_path, prepare, source_notes, tuning_notes,
+    IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, Timings, output_path, prepare, source_notes, tuning_notes,
 )
 from impersonator_cli.pipeline.background import to_uint8_frames
 from impersonator_cli.pipeline.source import PreparedSource, SourceOptions
@@ -120,20 +120,24 @@ def novel_view(stages: Stages, source: Source, output: PathLike, *, options: Nov
     `personalize`: tune the generator on the source first (built-in target poses), for this job only."""
     output, angles = check_novel_view(output, options, overwrite)
     is_image = output.suffix.lower() in IMAGE_SUFFIXES
-    src = prepare(stages, source, source_smpl, source_options)
+    timings = Timings()
+    with timings.phase("prepare"):
+        src = prepare(stages, source, source_smpl, source_options)
     rate = Fraction(options.fps).limit_denominator(1001)
     notes = []
     with stages.tuned(personalize is not None):
         if personalize is not None:
-            notes += tuning_notes(tuning.for_source(stages, src, personalize, progress=tune_progress))
-        batches = render_views(stages.body, stages.synth, src, stages.encode([src])[0], angles, stages.size,
-                               options.batch_size, options.tpose, use_front_warp=options.front_warp)
-        if is_image:
-            write_image(output, to_uint8_frames(next(batches))[0], overwrite=overwrite)
-        else:
-            _write_video(output, batches, rate, options.crf, overwrite, len(angles), progress)
+            with timings.phase("personalize"):
+                notes += tuning_notes(tuning.for_source(stages, src, personalize, progress=tune_progress))
+        with timings.phase("render_encode"):
+            batches = render_views(stages.body, stages.synth, src, stages.encode([src])[0], angles, stages.size,
+                                   options.batch_size, options.tpose, use_front_warp=options.front_warp)
+            if is_image:
+                write_image(output, to_uint8_frames(next(batches))[0], overwrite=overwrite)
+            else:
+                _write_video(output, batches, rate, options.crf, overwrite, len(angles), progress)
     return JobResult(output=output, frames=len(angles), fps=None if is_image else rate,
-                     size=(stages.size, stages.size), warnings=source_notes([src]) + notes)
+                     size=(stages.size, stages.size), timings=dict(timings), warnings=source_notes([src]) + notes)
 
 
 def _write_video(output: Path, batches: Iterator[Tensor], fps: Fraction, crf: int, overwrite: bool, total: int,

@@ -14,7 +14,7 @@ from impersonator_cli.errors import InputError
 from impersonator_cli.io.images import is_video_path, write_image
 from impersonator_cli.io.video import VideoWriter, read_frames
 from impersonator_cli.jobs.common import (
-    IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, existing, output_path, prepare, source_notes, tuning_notes,
+    IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, Timings, existing, output_path, prepare, source_notes, tuning_notes,
 )
 from impersonator_cli.jobs.imitate import ImitateOptions, driver_motion, output_holds, vfr_note
 from impersonator_cli.pipeline.background import to_uint8_frames
@@ -72,17 +72,21 @@ def swap(stages: Stages, source: Source, reference: Source, output: PathLike, *,
                           overwrite=overwrite, progress=progress, personalize=personalize,
                           tune_progress=tune_progress)
     output = output_path(output, overwrite, IMAGE_SUFFIXES)
-    src = prepare(stages, source, source_smpl, source_options)
-    ref = prepare(stages, reference, reference_smpl, source_options, "reference photo")
+    timings = Timings()
+    with timings.phase("prepare"):
+        src = prepare(stages, source, source_smpl, source_options)
+        ref = prepare(stages, reference, reference_smpl, source_options, "reference photo")
     notes = []
     with stages.tuned(personalize is not None):
         if personalize is not None:
             steps = progress if tune_progress is None else tune_progress
-            notes += tuning_notes(tuning.for_pair(stages, src, ref, personalize, front_warp, steps))
-        src_feats, ref_feats = stages.encode([src, ref])
-        image = swap_image(stages.body, stages.synth, src, ref, src_feats, ref_feats, parts, front_warp)
-    write_image(output, to_uint8_frames(image)[0], overwrite=overwrite)
-    return JobResult(output=output, frames=1, fps=None, size=(stages.size, stages.size),
+            with timings.phase("personalize"):
+                notes += tuning_notes(tuning.for_pair(stages, src, ref, personalize, front_warp, steps))
+        with timings.phase("render_encode"):
+            src_feats, ref_feats = stages.encode([src, ref])
+            image = swap_image(stages.body, stages.synth, src, ref, src_feats, ref_feats, parts, front_warp)
+            write_image(output, to_uint8_frames(image)[0], overwrite=overwrite)
+    return JobResult(output=output, frames=1, fps=None, size=(stages.size, stages.size), timings=dict(timings),
                      warnings=source_notes([src, ref]) + notes)
 
 

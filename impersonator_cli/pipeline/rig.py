@@ -54,9 +54,8 @@ def _asset_folder(weights_dir: Path | None) -> Path:
     missing = [registry.get(name).local_name for name in ASSET_NAMES if weights.find(name, weights_dir) is None]
     if len(missing) > 1:
         raise WeightsError(
-            f"The mesh assets {', '.join(missing)} were not found (looked in {_where(weights_dir)})",
-            hint="Import the official release: `impersonate weights import pretrains.zip` "
-                 "(or pass --weights-dir / set IMPERSONATE_WEIGHTS_DIR); `impersonate weights list` shows what is there.")
+            f"The mesh assets {', '.join(missing)} (from pretrains.zip) were not found (looked in {_where(weights_dir)})",
+            hint=weights.route(weights_dir))
     paths = [weights.resolve(name, weights_dir) for name in ASSET_NAMES]
     folders = {p.parent for p in paths}
     if len(folders) != 1:
@@ -81,7 +80,7 @@ def _smpl_arrays(weights_dir: Path | None, faces: np.ndarray):
     if pkl is None:
         raise WeightsError(
             "No SMPL model data: neither the HMR weights (hmr.safetensors) nor smpl_model.pkl were found",
-            hint="Import the official release: `impersonate weights import pretrains.zip`.")
+            hint=weights.route(weights_dir))
     arrays = load_smpl_file(pkl)
     if arrays.faces.shape != faces.shape or not np.array_equal(arrays.faces, faces):
         raise WeightsError("smpl_model.pkl and smpl_faces.npy disagree on the triangle list", path=pkl,

@@ -20,7 +20,7 @@ from impersonator_cli.weights.checkpoints import check_converted_header
 from impersonator_cli.errors import UsageError, WeightsError
 from impersonator_cli.weights.registry import REGISTRY, Artefact, get
 from impersonator_cli.weights.store import (
-    MANIFEST_NAME, _hf_cache_dir, _now, install_files, manifest_entry, target_dir,
+    MANIFEST_NAME, _hf_cache_dir, _now, install_dir, install_files, manifest_entry,
 )
 
 _MOVING_REFS = {"main", "master", "head", "dev", "develop", "latest"}
@@ -138,7 +138,7 @@ def download(repo_id: str, revision: str, weights_dir: str | os.PathLike | None 
     """
     _check_revision(revision)
     rows = [get(n) for n in names] if names else [r for r in REGISTRY if not r.licence_gated]
-    folder = target_dir(weights_dir)
+    folder = install_dir(weights_dir)
     folder.mkdir(parents=True, exist_ok=True)
     remote = _remote_manifest(repo_id, revision)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))

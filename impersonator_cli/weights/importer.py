@@ -321,7 +321,7 @@ def import_release(sources: Iterable[str | os.PathLike],
 
     All or nothing: on any refusal the weights folder is left exactly as it was.
     """
-    folder = weights.target_dir(weights_dir)
+    folder = weights.install_dir(weights_dir)
     members = [m for src in sources for m in scan_source(src, skip=folder.absolute())]
     found = match_members(members)
     if not found:

@@ -14,7 +14,7 @@ from impersonator_cli.errors import WeightsError
 DEFAULT_GENERATOR = "generator_fashion_place"
 
 INFERENCE = ("imitate", "swap", "novelview")
-TUNING = ("post-tune", "train")
+TUNING = ("personalize", "train")
 
 SMPL_LICENCE = (
     "SMPL model data: licence-gated. Register and accept the licence at https://smpl.is.tue.mpg.de; "
@@ -68,10 +68,8 @@ class Artefact:
     def how_to_get(self) -> str:
         if self.release == "torchvision":
             return f"Fetch {VGG_URL} yourself, then run `impersonate weights import vgg19-dcbb9e9d.pth`."
-        source = f"impersonate weights import {self.release}.zip"
-        if self.licence_gated:
-            return f"Run `{source}` (the official release ships it). {SMPL_LICENCE}"
-        return f"Run `{source}` or `impersonate weights download --repo ID --revision REV`."
+        where = f"{self.match} in the official {self.release}.zip: `impersonate weights import {self.release}.zip`."
+        return f"{where} SMPL licence: https://smpl.is.tue.mpg.de." if self.licence_gated else where
 
 
 def _gen(name: str, folder: str, role: str, required: bool) -> Artefact:

@@ -7,9 +7,13 @@ and time of every file). Files get there by `impersonate weights import` (the of
 `pretrains.zip` / `checkpoints.zip`, see `weights/importer.py`) or `impersonate weights download`
 (a pinned Hugging Face repo, see `weights/download.py`; the only code that reaches the network).
 
-Lookup order for a file: the explicit `weights_dir` argument (CLI `--weights-dir`), then
-`$IMPERSONATE_WEIGHTS_DIR`, then `./weights`, then the Hugging Face cache (cache lookup only, for the
-repos that `weights download` recorded or that `$IMPERSONATE_WEIGHTS_REPO` names).
+Lookup order for a file (`search_dirs`): the explicit `weights_dir` argument (CLI `--weights-dir`),
+then `$IMPERSONATE_WEIGHTS_DIR`, then `./weights` when it holds a manifest.json (where earlier versions
+imported to), then the per-user folder (`defaults.user_weights_dir()`: $XDG_DATA_HOME/impersonate/weights,
+else ~/.local/share/impersonate/weights), then the Hugging Face cache (cache lookup only, for the repos
+that `weights download` recorded or that `$IMPERSONATE_WEIGHTS_REPO` names). Import and download write
+to `install_dir`: the explicit folder, else `$IMPERSONATE_WEIGHTS_DIR`, else the per-user folder, so
+that an import run in one folder serves jobs run in any other.
 
 Jobs get weight files by name through `find` (or `resolve`), which first checks the whole local folder
 against its manifest, as `weights verify` does (`check_folder`; matches remembered by stat, see
@@ -28,34 +32,54 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from impersonator_cli.defaults import ENV_WEIGHTS_DIR, LEGACY_WEIGHTS_DIR, user_weights_dir
 from impersonator_cli.errors import WeightsError
 from impersonator_cli.weights import verify_cache
 from impersonator_cli.weights.registry import REGISTRY, Artefact, get
+from impersonator_cli.weights.route import weights_route
 
-ENV_WEIGHTS_DIR = "IMPERSONATE_WEIGHTS_DIR"
 ENV_WEIGHTS_REPO = "IMPERSONATE_WEIGHTS_REPO"  # "owner/name@revision": a download to look up in the HF cache
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "impersonate-weights-manifest/1"
 # ---------------------------------------------------------------- where files are looked up
 
 
-def target_dir(weights_dir: str | os.PathLike | None = None) -> Path:
-    """The folder that import/download write to and verify checks: explicit > env > ./weights."""
-    if weights_dir is not None:
-        return Path(weights_dir).expanduser()
-    env = os.environ.get(ENV_WEIGHTS_DIR)
-    return Path(env).expanduser() if env else Path.cwd() / "weights"
+def _env_dir() -> Path | None:
+    env = os.environ.get(ENV_WEIGHTS_DIR, "").strip()
+    return Path(env).expanduser() if env else None
+
+
+def _legacy_dir() -> Path | None:  # ./weights, only when it holds a manifest.json (kept for compatibility)
+    folder = Path.cwd() / LEGACY_WEIGHTS_DIR
+    return folder if (folder / MANIFEST_NAME).is_file() else None
 
 
 def search_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Local folders in lookup order: explicit argument, $IMPERSONATE_WEIGHTS_DIR, ./weights."""
-    env = os.environ.get(ENV_WEIGHTS_DIR)
-    dirs = [weights_dir, env, Path.cwd() / "weights"]
+    """Local folders in lookup order: explicit argument, $IMPERSONATE_WEIGHTS_DIR, ./weights holding a
+    manifest.json, the per-user folder (then, outside this list, the Hugging Face cache)."""
+    explicit = Path(weights_dir).expanduser() if weights_dir is not None else None
     out: list[Path] = []
-    for d in dirs:
-        if d and Path(d).expanduser().absolute() not in out:
-            out.append(Path(d).expanduser().absolute())
+    for d in (explicit, _env_dir(), _legacy_dir(), user_weights_dir()):
+        if d is not None and d.absolute() not in out:
+            out.append(d.absolute())
     return out
+
+
+def target_dir(weights_dir: str | os.PathLike | None = None) -> Path:
+    """The folder a lookup tries first (what `weights verify` and `weights list` report on)."""
+    return search_dirs(weights_dir)[0]
+
+
+def install_dir(weights_dir: str | os.PathLike | None = None) -> Path:
+    """Where import and download write: explicit > $IMPERSONATE_WEIGHTS_DIR > the per-user folder."""
+    if weights_dir is not None:
+        return Path(weights_dir).expanduser()
+    return _env_dir() or user_weights_dir()
+
+
+def route(weights_dir: str | os.PathLike | None = None) -> str:
+    """How to get the official weights (weights/route.py), importing into `install_dir(weights_dir)`."""
+    return weights_route(install_dir(weights_dir), weights_dir)
 
 
 def _hf_cache_dir() -> str | None:
@@ -130,9 +154,10 @@ def resolve(name: str, weights_dir: str | os.PathLike | None = None) -> Path:
         return path
     row = get(name)
     looked = ", ".join(str(d) for d in search_dirs(weights_dir)) + ", the Hugging Face cache"
+    origin = "torchvision" if row.release == "torchvision" else f"{row.match} in {row.release}.zip"
     raise WeightsError(
-        f"The {name} weights ({row.local_name}) were not found; looked in {looked}",
-        hint=row.how_to_get() + " Pass --weights-dir or set IMPERSONATE_WEIGHTS_DIR to use another folder.",
+        f"The {name} weights ({row.local_name}, from {origin}) were not found; looked in {looked}",
+        hint=row.how_to_get() if row.release == "torchvision" else route(weights_dir),
     )
 
 
