@@ -138,7 +138,7 @@ def test_csv_manifests_name_the_same_keys(bench, cli):
     assert probe(folder / "out" / "csv.mp4").frame_count == 2
 
 
-@pytest.mark.slow  # a subprocess batch, killed, then resumed
+@pytest.mark.slow  # a subprocess batch, killed, then resumed by two worker processes
 def test_a_killed_batch_resumes_without_repeating_or_losing_a_job(bench, tmp_path):
     folder, f, common = bench
     jobs = [imitate_line(f, common, src, smpl, drv, f"out/{i}.mp4", max_frames=4)
@@ -159,13 +159,15 @@ def test_a_killed_batch_resumes_without_repeating_or_losing_a_job(bench, tmp_pat
     done_first = [x["index"] for x in results(first) if x["status"] == "ok"]
     assert 1 <= len(done_first) < 4
     second = folder / "second.jsonl"
+    # Resumed with two worker processes: the local parallel path.
     res = subprocess.run([sys.executable, "-m", "impersonator_cli", "batch", str(manifest), "--results", str(second),
-                          "-q"], env=env, capture_output=True, text=True, timeout=600)
+                          "-q", "--workers", "2"], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     lines = results(second)
     done_second = [x["index"] for x in lines if x["status"] == "ok"]
     assert sorted(done_first + done_second) == [1, 2, 3, 4]  # none twice, none lost
     assert sorted(x["index"] for x in lines if x["status"] == "skipped") == sorted(done_first)
+    # Every output whole, and the killed run's hidden partial file gone.
     assert sorted(p.name for p in (folder / "out").iterdir()) == ["0.mp4", "1.mp4", "2.mp4", "3.mp4"]
     assert all(probe(folder / "out" / f"{i}.mp4").frame_count == 4 for i in range(4))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
@@ -166,7 +167,8 @@ class _Report:
     one line per finished job otherwise."""
 
     def __init__(self, quiet: bool) -> None:
-        self.quiet, self.done, self.total = quiet, 0, 0
+        self.quiet, self.done, self.total, self.ran = quiet, 0, 0, 0
+        self.t0 = time.monotonic()
         self.live = not quiet and err.is_terminal
         self._bar = None
 
@@ -177,7 +179,8 @@ class _Report:
             )
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=err, transient=True)
             self._bar.__enter__()
         return self
 
@@ -188,8 +191,8 @@ class _Report:
     def started(self, total: int) -> None:
         self.total = total
         if self._bar is not None:
-            self._jobs = self._bar.add_task("jobs", total=total)
-            self._job = self._bar.add_task("current job", total=None)
+            self._jobs = self._bar.add_task("jobs", total=total, rate="")
+            self._job = self._bar.add_task("current job", total=None, rate="")
 
     def job_started(self, spec) -> None:
         if self._bar is not None:
@@ -201,11 +204,16 @@ class _Report:
 
     def job_ended(self, line: dict) -> None:
         self.done += 1
+        if line["status"] != "skipped":
+            self.ran += 1
+        minutes = (time.monotonic() - self.t0) / 60
+        rate = f"{self.ran / minutes:.1f} jobs/min" if self.ran and minutes > 0 else ""
         if self._bar is not None:
-            self._bar.update(self._jobs, completed=self.done)
+            self._bar.update(self._jobs, completed=self.done, rate=rate)
         if self.quiet or (self._bar is not None and line["status"] != "failed"):
             return
         text = f"[{self.done}/{self.total}] line {line['index']} {line['status']}: {line['output']}"
+        text += f" ({rate})" if rate and line["status"] == "ok" else ""
         if line["error"]:
             text += f" ({line['error']['message']}; exit {line['error']['exit_code']})"
         (self._bar.console if self._bar is not None else err).print(text, markup=False, soft_wrap=True)
