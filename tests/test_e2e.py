@@ -178,7 +178,7 @@ def test_odd_source_images_work(world, cli, tmp_path, kind):
 
 
 def test_one_frame_video_driver(world, cli, tmp_path):
-    from impersonator_cli.io.video import VideoWriter
+    from impersonator_cli.io.encode import VideoWriter
 
     one = tmp_path / "one.mp4"
     with VideoWriter(one, 30) as w:

@@ -128,7 +128,7 @@ def test_imitation_on_cuda_gives_the_cpu_frames(tmp_path, demo_world):
 @pytest.mark.gpu
 def test_nvenc_writes_a_video_that_decodes_to_the_frames(tmp_path):
     from impersonator_cli.io.probe import probe
-    from impersonator_cli.io.video import VideoWriter
+    from impersonator_cli.io.encode import VideoWriter
     from impersonator_cli.io.probe import ffmpeg_info
 
     if not ffmpeg_info().h264_nvenc:

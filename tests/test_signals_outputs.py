@@ -25,10 +25,10 @@ import pytest
 from impersonator_cli.body.motion import load_motion, save_motion
 from impersonator_cli.cli.interrupts import Interrupts, interrupt_handlers
 from impersonator_cli.errors import EncodeError, InputError, OutputError
-from impersonator_cli.io import images, publish, video
+from impersonator_cli.io import encode, images, publish
 from impersonator_cli.io.images import read_image, write_image
 from impersonator_cli.io.probe import probe
-from impersonator_cli.io.video import VideoWriter
+from impersonator_cli.io.encode import VideoWriter
 
 LINE = {signal.SIGINT: "Interrupted by Ctrl-C (SIGINT): the job stopped and no output was written.",
         signal.SIGTERM: "Interrupted by SIGTERM: the job stopped and no output was written.",
@@ -305,7 +305,7 @@ def appear_while_running(monkeypatch, module, content: bytes) -> None:
 
 def test_a_job_whose_output_appears_while_it_runs_fails_and_keeps_it(demo_world, cli, tmp_path, monkeypatch):
     out = tmp_path / "out.mp4"
-    appear_while_running(monkeypatch, video, b"the other job's video")
+    appear_while_running(monkeypatch, encode, b"the other job's video")
     res = cli(*imitate_args(demo_world, out, demo_world.files.motion))
     assert res.returncode == 5 and "appeared while this job ran" in res.stderr, res.stderr
     assert out.read_bytes() == b"the other job's video" and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]

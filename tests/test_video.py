@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from impersonator_cli.io import probe as P
+from impersonator_cli.io import encode as E
 from impersonator_cli.io import video as V
 from impersonator_cli.errors import EnvironmentProblem, InputError, OutputError, VideoDecodeError
 from impersonator_cli.io.images import write_image
@@ -215,7 +216,7 @@ def test_image_folder_and_single_image_sources(tmp_path):
 def test_round_trip_keeps_count_rate_audio_and_pixels(tmp_path, clip):
     src = read_all(clip)
     out = tmp_path / "out.mp4"
-    with V.read_frames(clip) as frames, V.VideoWriter(out, P.probe(clip).fps, audio_from=clip) as writer:
+    with V.read_frames(clip) as frames, E.VideoWriter(out, P.probe(clip).fps, audio_from=clip) as writer:
         for frame in frames:
             writer.write(frame)
     info = P.probe(out)
@@ -230,7 +231,7 @@ def test_writer_keeps_every_frame_in_order_and_colour(tmp_path):
     i = np.arange(40)
     colours = np.stack([i * 37 % 256, i * 11 % 256, 255 - i * 5], axis=1).astype(np.uint8)  # 40 x 3
     frames = np.broadcast_to(colours[:, None, None, :], (40, 32, 32, 3))
-    with V.VideoWriter(tmp_path / "flat.mp4", NTSC) as writer:
+    with E.VideoWriter(tmp_path / "flat.mp4", NTSC) as writer:
         writer.write(frames[:15])
         for frame in frames[15:]:
             writer.write(frame)
@@ -242,7 +243,7 @@ def test_writer_keeps_every_frame_in_order_and_colour(tmp_path):
 
 
 def test_audio_segment_is_cut_and_padded_to_the_video(tmp_path, clip):
-    with V.VideoWriter(tmp_path / "seg.mp4", 30, audio_from=clip, audio_start=0.5, audio_duration=0.4) as writer:
+    with E.VideoWriter(tmp_path / "seg.mp4", 30, audio_from=clip, audio_start=0.5, audio_duration=0.4) as writer:
         writer.write(np.zeros((30, 48, 64, 3), np.uint8))  # 1 s of video, 0.4 s of source audio
     info = P.probe(tmp_path / "seg.mp4")
     assert info.frame_count == 30 and info.audio_duration == pytest.approx(1.0, abs=0.05)
@@ -250,7 +251,7 @@ def test_audio_segment_is_cut_and_padded_to_the_video(tmp_path, clip):
 
 def test_no_audio_input_gives_silent_output(tmp_path):
     silent = media.make_clip(tmp_path / "silent.mp4", frames=10, audio=False)
-    with V.VideoWriter(tmp_path / "out.mp4", 25, audio_from=silent) as writer:
+    with E.VideoWriter(tmp_path / "out.mp4", 25, audio_from=silent) as writer:
         for frame in V.read_frames(silent):
             writer.write(frame)
     info = P.probe(tmp_path / "out.mp4")
@@ -261,7 +262,7 @@ def test_odd_size_pads_by_repeating_edges(tmp_path):
     odd = media.make_clip(tmp_path / "odd.mp4", size=(65, 49), frames=5, audio=False, pix_fmt="yuv444p")
     src = read_all(odd)
     assert src.shape == (5, 49, 65, 3)
-    with V.VideoWriter(tmp_path / "out.mp4", 30) as writer:
+    with E.VideoWriter(tmp_path / "out.mp4", 30) as writer:
         writer.write(src)
     back = read_all(tmp_path / "out.mp4")
     assert back.shape == (5, 50, 66, 3)
@@ -275,7 +276,7 @@ def test_odd_size_pads_by_repeating_edges(tmp_path):
 def test_exception_mid_write_leaves_nothing(tmp_path):
     out = tmp_path / "out.mp4"
     with pytest.raises(KeyError):
-        with V.VideoWriter(out, 30) as writer:
+        with E.VideoWriter(out, 30) as writer:
             writer.write(np.zeros((3, 16, 16, 3), np.uint8))
             raise KeyError("boom")
     assert not out.exists() and no_leftovers(tmp_path)
@@ -284,7 +285,7 @@ def test_exception_mid_write_leaves_nothing(tmp_path):
 def test_zero_frames_creates_nothing(tmp_path):
     out = tmp_path / "out.mp4"
     with pytest.raises(OutputError):
-        with V.VideoWriter(out, 30):
+        with E.VideoWriter(out, 30):
             pass
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -293,7 +294,7 @@ def test_existing_output_untouched_on_failure(tmp_path):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"previous result")
     with pytest.raises(RuntimeError):
-        with V.VideoWriter(out, 30) as writer:
+        with E.VideoWriter(out, 30) as writer:
             writer.write(np.zeros((2, 16, 16, 3), np.uint8))
             raise RuntimeError
     assert out.read_bytes() == b"previous result" and no_leftovers(tmp_path)
@@ -301,7 +302,7 @@ def test_existing_output_untouched_on_failure(tmp_path):
 
 _SIGINT_CHILD = """
 import sys, time, numpy as np
-from impersonator_cli.io.video import VideoWriter
+from impersonator_cli.io.encode import VideoWriter
 with VideoWriter(sys.argv[1], 30) as w:
     for i in range(100000):
         w.write(np.full((48, 64, 3), i % 256, np.uint8))
@@ -327,7 +328,7 @@ def test_sigint_while_writing_leaves_nothing(tmp_path):
 
 def test_bad_encoder_raises_encode_error(tmp_path):
     with pytest.raises(EnvironmentProblem) as err:
-        with V.VideoWriter(tmp_path / "out.mp4", 30, codec="no_such_encoder") as writer:
+        with E.VideoWriter(tmp_path / "out.mp4", 30, codec="no_such_encoder") as writer:
             for _ in range(50):
                 writer.write(np.zeros((16, 16, 3), np.uint8))
     assert err.value.detail and "no_such_encoder" in err.value.detail
@@ -341,7 +342,7 @@ def test_chatty_ffmpeg_does_not_block(tmp_path, clip, monkeypatch):
 
     def work():
         frames = read_all(clip)
-        with V.VideoWriter(tmp_path / "out.mp4", 30) as writer:
+        with E.VideoWriter(tmp_path / "out.mp4", 30) as writer:
             writer.write(np.repeat(frames, 6, axis=0))
         with V.read_frames(tmp_path / "out.mp4") as src:
             result["n"] = sum(1 for _ in src)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from impersonator_cli.errors import ImpersonateError
 from impersonator_cli.types import Progress
 
 Line = dict
+STATUSES = ("ok", "skipped", "failed")
 
 
 @dataclass(frozen=True)
@@ -35,22 +37,22 @@ class BatchOptions:
 
 @dataclass
 class BatchSummary:
+    """How a batch went: job counts by status (ok, skipped, failed), the batch's exit code, its seconds,
+    and the workers' tallies of loads, preparations and motions (`Worker.counts`)."""
+
     total: int = 0
-    ok: int = 0
-    skipped: int = 0
-    failed: int = 0
+    by_status: collections.Counter = field(default_factory=collections.Counter)
     exit_code: int = 0
     seconds: float = 0.0
     counts: dict = field(default_factory=dict)
 
     def add(self, line: Line) -> None:
-        status = line["status"]
-        setattr(self, status, getattr(self, status) + 1)
-        if status == "failed":
+        self.by_status[line["status"]] += 1
+        if line["status"] == "failed":
             self.exit_code = max(self.exit_code, int(line["error"]["exit_code"]))
 
     def to_dict(self) -> dict:
-        return {"jobs": self.total, "ok": self.ok, "skipped": self.skipped, "failed": self.failed,
+        return {"jobs": self.total, **{k: self.by_status[k] for k in STATUSES},
                 "exit_code": self.exit_code, "seconds": round(self.seconds, 3), **self.counts}
 
 

@@ -252,8 +252,9 @@ def batch(
     if json_out:
         print(json.dumps({**summary.to_dict(), "results": str(options.results)}))
     elif not quiet:
-        err.print(f"{summary.total} jobs: {summary.ok} ok, {summary.skipped} skipped (done before), "
-                  f"{summary.failed} failed, in {summary.seconds:.1f} s. Results: {options.results}",
+        done = summary.by_status
+        err.print(f"{summary.total} jobs: {done['ok']} ok, {done['skipped']} skipped (done before), "
+                  f"{done['failed']} failed, in {summary.seconds:.1f} s. Results: {options.results}",
                   markup=False, soft_wrap=True)
     if summary.exit_code:
         sys.exit(summary.exit_code)

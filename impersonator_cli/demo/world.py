@@ -30,7 +30,7 @@ from impersonator_cli.io.images import resize_rgb, write_image
 from impersonator_cli.render.body_view import view_body
 from impersonator_cli.render.texture import face_corner_uv, render_texture
 from impersonator_cli.io.probe import find_ffmpeg
-from impersonator_cli.io.video import VideoWriter
+from impersonator_cli.io.encode import VideoWriter
 from impersonator_cli.types import Progress
 
 FPS = Fraction(25)

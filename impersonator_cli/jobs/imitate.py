@@ -32,7 +32,8 @@ from impersonator_cli.render.body_view import view_body
 from impersonator_cli.pipeline.source import PreparedSource, SourceOptions, paste_back
 from impersonator_cli.pipeline.stages import Stages
 from impersonator_cli.io.streaming import BackgroundWriter, prefetch
-from impersonator_cli.io.video import VideoWriter, read_frames
+from impersonator_cli.io.encode import VideoWriter
+from impersonator_cli.io.video import read_frames
 from impersonator_cli.tune import jobs as tuning
 from impersonator_cli.tune.jobs import PersonalizeOptions
 from impersonator_cli.types import PathLike, Progress

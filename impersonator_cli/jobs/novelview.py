@@ -20,7 +20,7 @@ from impersonator_cli.pipeline.compose import synthesize
 from impersonator_cli.render.body_view import BodyView, view_vertices
 from impersonator_cli.errors import UsageError, check_option
 from impersonator_cli.io.images import write_image
-from impersonator_cli.io.video import VideoWriter
+from impersonator_cli.io.encode import VideoWriter
 from impersonator_cli.jobs.common import (
     IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, Timings, output_path, prepare, source_notes, tuning_notes,
 )

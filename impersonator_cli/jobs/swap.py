@@ -12,7 +12,8 @@ from torch import Tensor
 from impersonator_cli.body.motion import MotionData
 from impersonator_cli.errors import InputError
 from impersonator_cli.io.images import is_video_path, write_image
-from impersonator_cli.io.video import VideoWriter, read_frames
+from impersonator_cli.io.encode import VideoWriter
+from impersonator_cli.io.video import read_frames
 from impersonator_cli.jobs.common import (
     IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, Timings, existing, output_path, prepare, source_notes, tuning_notes,
 )
