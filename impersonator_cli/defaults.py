@@ -28,6 +28,7 @@ MAX_IMAGE_PIXELS = 1 << 28
 
 # ---------------------------------------------------------------- where weights live (weights/store.py reads these)
 
+ENV_PRECISION = "IMPERSONATE_PRECISION"  # what --precision auto stands for on every device (fp32, bf16, fp16)
 ENV_WEIGHTS_DIR = "IMPERSONATE_WEIGHTS_DIR"  # a weights folder that replaces the per-user one
 LEGACY_WEIGHTS_DIR = "weights"  # ./weights of the current folder: looked in only when it holds a manifest.json
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
+from impersonator_cli.defaults import ENV_PRECISION
 from impersonator_cli.errors import EnvironmentProblem, UsageError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -21,6 +24,7 @@ class Runtime:
 
     device: torch.device
     precision: str  # one of PRECISIONS
+    reason: str = ""  # why this precision: "<precision>: <why>" (doctor, job summaries)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -56,24 +60,126 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """fp32 by default on CPU; fp16 by default on CUDA. Unsafe requests are downgraded with a warning."""
+    """'auto': fp16 on CUDA; on a CPU bf16 where it computes bf16 natively, fp32 otherwise
+    (:func:`auto_precision`); fp32 on MPS. Unsafe requests are downgraded with a warning. The
+    Runtime's ``reason`` says which rule chose the precision."""
     dev = resolve_device(device)
     precision = (precision or "auto").strip().lower()
     if precision == "auto":
-        precision = "fp16" if dev.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
+        precision, reason = auto_precision(dev)
+    elif precision in PRECISIONS:
+        reason = f"{precision}: asked for (--precision {precision})"
+    else:
         raise UsageError(f"Unknown precision '{precision}'", hint=f"Use auto or one of: {', '.join(PRECISIONS)}.")
     if precision == "fp16" and dev.type == "cpu":
         warnings.warn("fp16 is slow and imprecise on CPU; using bf16 instead.", stacklevel=2)
-        precision = "bf16"
+        precision, reason = "bf16", "bf16: fp16 was asked for, which is slow and imprecise on a CPU"
     if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         warnings.warn("This GPU has no bf16 support; using fp16 instead.", stacklevel=2)
-        precision = "fp16"
+        precision, reason = "fp16", "fp16: bf16 was asked for, which this GPU does not support"
+    if precision == "bf16" and dev.type == "cpu" and auto_precision(dev)[0] != "bf16":
+        reason += f"; {auto_precision(dev)[1].split(': ', 1)[1]}: emulated, much slower than fp32"
     if dev.type == "cpu":
         tune_cpu_allocator()
     if dev.type == "cuda" and precision == "fp32":
         ieee_fp32_on_cuda()
-    return Runtime(device=dev, precision=precision)
+    return Runtime(device=dev, precision=precision, reason=reason)
+
+
+# --------------------------------------------------------------------- --precision auto on a CPU
+
+#: CPU flags (as /proc/cpuinfo spells them) of native bf16 arithmetic: x86 dot-product and matrix
+#: instructions on bf16 pairs with float32 accumulation, and Arm's BF16 extension (BFDOT, BFMMLA;
+#: macOS: hw.optional.arm.FEAT_BF16). AVX-512 alone (Skylake-X) only converts: oneDNN emulates.
+X86_BF16_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
+ARM_BF16_FLAGS = {"bf16": "Arm BF16"}
+
+
+def cpu_precision_rule(capability: str, flags: Iterable[str], onednn_bf16: bool = True) -> tuple[str, str]:
+    """The one rule for ``--precision auto`` on a CPU: (precision, reason). Pure: no probing.
+
+    capability: ``torch.backends.cpu.get_cpu_capability()`` ("DEFAULT", "NO AVX", "AVX2", "AVX512",
+    "VSX", "Z VECTOR", "SVE256"): the vector kernels torch runs; it never names bf16, so the CPU
+    flags decide. flags: the CPU's feature flags (:func:`cpu_flags`). onednn_bf16: whether torch's
+    oneDNN runs bf16 convolutions on this CPU (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``;
+    without it bf16 convolutions fall back to a slow reference loop).
+
+    bf16 when the CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 with torch's AVX-512 kernels,
+    or Arm BF16) and oneDNN uses it; fp32 otherwise. A capability below AVX512 on such an x86 CPU
+    means torch was held back (ATEN_CPU_CAPABILITY): fp32 then too.
+    """
+    cap = (capability or "unknown").strip().upper() or "UNKNOWN"
+    have = {str(f).strip().lower() for f in flags}
+    x86 = [name for flag, name in X86_BF16_FLAGS.items() if flag in have]
+    arm = [name for flag, name in ARM_BF16_FLAGS.items() if flag in have]
+    native = " and ".join(x86 or arm)
+    if not native:
+        return "fp32", f"fp32: this CPU has no native bf16 ({cap})"
+    if x86 and not cap.startswith("AVX512"):
+        return "fp32", f"fp32: this CPU has {native}, but torch runs its {cap} kernels (ATEN_CPU_CAPABILITY)"
+    if not onednn_bf16:
+        return "fp32", f"fp32: this CPU has {native}, but this torch build has no oneDNN bf16 kernels"
+    return "bf16", f"bf16: this CPU has {native} ({cap})"
+
+
+def auto_precision(device: torch.device) -> tuple[str, str]:
+    """What ``--precision auto`` picks on ``device``, and why: (precision, reason).
+    $IMPERSONATE_PRECISION, when set, is what auto stands for (e.g. fp32 to keep the official
+    computation on a bf16 CPU, in scripts and in the test suite)."""
+    pinned = os.environ.get(ENV_PRECISION, "").strip().lower()
+    if pinned:
+        if pinned not in PRECISIONS:
+            raise UsageError(f"{ENV_PRECISION}={pinned} is not a precision",
+                             hint=f"Set it to one of: {', '.join(PRECISIONS)}, or unset it.")
+        return pinned, f"{pinned}: {ENV_PRECISION}={pinned}"
+    if device.type == "cuda":
+        return "fp16", "fp16: the default on CUDA"
+    if device.type == "mps":
+        return "fp32", "fp32: the default on MPS (reduced precision is not validated there)"
+    return cpu_precision_rule(*cpu_bf16_facts())
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_facts() -> tuple[str, frozenset, bool]:
+    """This machine's inputs to :func:`cpu_precision_rule`, read once per process (microseconds):
+    (torch's CPU capability, the CPU's flags, whether oneDNN runs bf16 here)."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - an old or odd build: no vector kernels assumed
+        capability = "unknown"
+    try:
+        onednn = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001
+        onednn = False
+    return capability, cpu_flags(), onednn
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags in /proc/cpuinfo's spelling (x86 "flags", Arm "Features"); on macOS the
+    Arm BF16 extension as "bf16" (sysctl hw.optional.arm.FEAT_BF16). Empty where neither is readable
+    (Windows): --precision auto then keeps fp32."""
+    if sys.platform == "darwin":
+        return frozenset({"bf16"}) if _sysctl_int(b"hw.optional.arm.FEAT_BF16") == 1 else frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _sysctl_int(name: bytes) -> int | None:
+    try:
+        libc = ctypes.CDLL("libc.dylib")
+        value, size = ctypes.c_int64(0), ctypes.c_size_t(8)
+        if libc.sysctlbyname(name, ctypes.byref(value), ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return value.value
 
 
 def ieee_fp32_on_cuda() -> None:

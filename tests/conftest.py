@@ -22,6 +22,9 @@ import cv2  # noqa: E402,F401
 
 # Keep the suite predictable on small CI machines.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The same arithmetic on every CPU: `--precision auto` picks bf16 on CPUs with native bf16, which would
+# make results depend on the machine. Tests of that rule call it with explicit inputs, or unset this.
+os.environ.setdefault("IMPERSONATE_PRECISION", "fp32")
 
 
 def pytest_collection_modifyitems(config, items):

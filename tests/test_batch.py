@@ -181,7 +181,7 @@ def test_ray_writes_the_same_bytes_as_the_local_run(bench, cli, monkeypatch):
     ray = pytest.importorskip("ray")
     folder, f, common = bench
     sigterm = signal.getsignal(signal.SIGTERM)  # and installs a SIGTERM handler
-    jobs = grid(folder, f, common)
+    jobs = [grid(folder, f, common)[i] for i in (0, 3, 4)]  # imitate on each driver, and a novelview
     local = write_manifest(folder / "local.jsonl", jobs)
     assert cli("batch", local, "-q").returncode == 0
     remote_jobs = [{**j, "output": j["output"].replace("out/", "ray/")} for j in jobs]

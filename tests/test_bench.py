@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from impersonator_cli.demo.bench import compute_bound, run_bench
+from impersonator_cli.demo.bench import REFERENCE_TRANSFER, SPEEDUP, TRANSFER, compute_bound, run_bench
 
 
 @pytest.mark.slow  # full-width generator, inpaintor and HMR, end to end at 256 x 256
@@ -26,6 +26,11 @@ def test_bench_times_every_stage_and_both_end_to_end_paths():
     assert all(math.isfinite(v) and v > 0 for v in [*ms.values(), *fps.values()])
     bound = next(r for r in rows if "gmac" in r)
     assert bound["fps"] == pytest.approx(bound["matmul_gmacs"] / bound["gmac"], rel=1e-12)
+    assert {r["precision"] for r in rows} == {"fp32"}
+    speedup = next(r["ratio"] for r in rows if r["stage"] == SPEEDUP)
+    assert speedup == pytest.approx(ms[REFERENCE_TRANSFER] / ms[TRANSFER], rel=1e-12)
+    stages = [r["stage"] for r in rows]  # the path the jobs run first, then the comparisons
+    assert stages.index("end-to-end, warp-only") < stages.index(REFERENCE_TRANSFER) < stages.index(SPEEDUP)
 
 
 def test_compute_bound_counts_the_multiply_adds_of_a_known_convolution():

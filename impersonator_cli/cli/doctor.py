@@ -70,7 +70,7 @@ def _torch_checks() -> list[dict[str, str]]:
     except Exception as exc:  # noqa: BLE001
         return [_row("torch", MISSING, str(exc), "pip install torch (see the README for CPU-only wheels)")]
     rows = [_row("torch", OK, torch.__version__), _row("threads", OK, str(torch.get_num_threads())),
-            _cpu_kernels_row()]
+            _cpu_kernels_row(), *_precision_rows()]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
@@ -91,6 +91,29 @@ def _cpu_kernels_row() -> dict[str, str]:
                else "reference (IMPERSONATE_CPU_KERNELS=reference)")
     allocator = "large tensors kept on the heap" if allocator_tuning_wanted() else "allocator untouched"
     return _row("cpu kernels", OK, f"{kernels}; {allocator}")
+
+
+PRECISION_ITEM = "precision"
+
+
+def _precision_rows() -> list[dict[str, str]]:
+    """What `--precision auto` picks on the default device, and why (devices.auto_precision), and the
+    CPU facts that rule reads: "auto on cpu → fp32: this CPU has no native bf16 (AVX2)" (JSON: also
+    device, precision and reason as keys of the row)."""
+    from impersonator_cli.devices import X86_BF16_FLAGS, ARM_BF16_FLAGS, auto_precision, cpu_bf16_facts, resolve_device
+
+    try:
+        device = resolve_device("auto")
+        precision, reason = auto_precision(device)
+        capability, flags, onednn = cpu_bf16_facts()
+    except Exception as exc:  # noqa: BLE001 - report, never raise
+        return [_row(PRECISION_ITEM, WARN, f"could not tell: {exc}")]
+    native = sorted(f for f in flags if f in X86_BF16_FLAGS or f in ARM_BF16_FLAGS)
+    facts = (f"torch capability {capability}; bf16 flags: {', '.join(native) or 'none'}; "
+             f"oneDNN bf16: {'yes' if onednn else 'no'}")
+    row = _row(PRECISION_ITEM, OK, f"auto on {device.type} → {reason}")
+    row.update(device=device.type, precision=precision, reason=reason)
+    return [row, _row("cpu bf16", OK, facts)]
 
 
 def _ffmpeg_checks() -> list[dict[str, str]]:
@@ -209,6 +232,9 @@ def _render_short(report: dict[str, Any], console: Console) -> None:
     console.print(f"impersonate {_value(report, 'python', 'impersonate')} · Python {_value(report, 'python', 'python')}"
                   f" · torch {_value(report, 'torch', 'torch')} ({device}) · ffmpeg {_value(report, 'ffmpeg', 'ffmpeg')}",
                   markup=False, highlight=False)
+    precision = next((r for r in report.get("torch", []) if r["item"] == PRECISION_ITEM), None)
+    if precision is not None:
+        console.print(f"precision: {precision['value']}", markup=False, highlight=False)
     for section in _SYSTEM:
         for row in report.get(section, []):
             if row["status"] == MISSING:

@@ -266,17 +266,20 @@ def bench(
     runtime = resolve_runtime(device, precision)
     table = Table(title=f"impersonate bench (batch {batch_size}, {runtime.device}, {runtime.precision}, "
                         f"{torch.get_num_threads()} threads)")
-    for col in ("size", "stage", "ms / item", "frames / s", "peak MB"):
-        table.add_column(col, justify="right" if col != "stage" else "left")
+    for col in ("size", "stage", "precision", "ms / item", "frames / s", "peak MB"):
+        table.add_column(col, justify="right" if col not in ("stage", "precision") else "left")
     for r in rows:
         ms = f"{r['ms']:.1f}" if "ms" in r else ""
         fps = f"{r['fps']:.2f}" if "fps" in r else f"{1000 / r['ms']:.1f}" if "ms" in r else ""
+        if "ratio" in r:
+            fps = f"{r['ratio']:.2f}x"
         peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else ""
         if "cuda_peak_mb" in r:
             peak += f" (GPU {r['cuda_peak_mb']:.0f})"
-        table.add_row(str(r["size"]), r["stage"], ms, fps, peak)
+        table.add_row(str(r["size"]), r["stage"], r.get("precision", ""), ms, fps, peak)
     bounds = [f"{r['size']}²: {r['gmac']:.1f} GMAC a frame, matmul {r['matmul_gmacs']:.0f} GMAC/s"
               for r in rows if "gmac" in r]
-    table.caption = ("at the matmul rate = multiply-adds of the transfer (as run) / matrix-multiply rate; "
+    table.caption = (f"precision {runtime.reason}; speed-up = reference kernels' ms / this run's ms; "
+                     "at the matmul rate = multiply-adds of the transfer (as run) / matrix-multiply rate; "
                      + "; ".join(bounds))
     Console().print(table)

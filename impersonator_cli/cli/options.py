@@ -93,7 +93,7 @@ QuietOpt = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.", rich_help_panel="Output"),
 ]
-PrecisionOpt = Annotated[str, typer.Option("--precision", metavar=choices(PRECISIONS), help="auto: fp16 on CUDA, fp32 on CPU.", rich_help_panel="Runtime")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", metavar=choices(PRECISIONS), help="auto: fp16 on CUDA; bf16 on a CPU with native bf16 (AVX512-BF16, AMX, Arm BF16), else fp32 (`impersonate doctor` says which).", rich_help_panel="Runtime")]
 GeneratorOpt = Annotated[str, typer.Option("--generator", help="Generator weights: a registry name, a file, or 'none' (warp-only, no GAN weights).", rich_help_panel="Model")]
 SizeOpt = Annotated[int, typer.Option("--size", metavar=choices(SIZES), help="Output size in pixels (square person-centred crop).", rich_help_panel="Output")]
 BackgroundOpt = Annotated[str, typer.Option("--background", help="inpaint | source | black | white | gray | green | #RRGGBB.", rich_help_panel="Model")]

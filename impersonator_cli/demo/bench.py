@@ -13,12 +13,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Callable
 
 import torch
 
-from impersonator_cli.devices import resolve_runtime
+from impersonator_cli.devices import Runtime, resolve_runtime
 
 
 def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -38,11 +39,13 @@ def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return statistics.median(times)
 
 
-def stage_inputs(size: int, batch: int, device: torch.device) -> SimpleNamespace:
+def stage_inputs(size: int, batch: int, device: torch.device, gen=None) -> SimpleNamespace:
     """What the stages are timed on: the mannequin's body model, `batch` dance poses (cam, pose,
     shape) and their views `tgt` at `size`, one random source `image` viewed in the first pose
-    (`src`), the full-width generator without background stream (`gen`, random values), and the
-    generator's float32 inputs: the flow composition `stage2`, its flow `T`, `src_in` and `tsf_in`."""
+    (`src`, its condition map `src_cond`, a crop mask `ft_mask` of ones), a random `background`,
+    the full-width generator without background stream (`gen`, random values; or the one given),
+    and the generator's float32 inputs: the flow composition `stage2`, its flow `T`, `src_in` and
+    `tsf_in`."""
     from impersonator_cli.demo.world import dance
     from impersonator_cli.pipeline.compose import flow_composition
     from impersonator_cli.gan.generator import LiquidWarpingGenerator
@@ -60,49 +63,76 @@ def stage_inputs(size: int, batch: int, device: torch.device) -> SimpleNamespace
     src = view_body(body.smpl, cam[:1], pose[:1], shape, size)
     tgt = view_body(body.smpl, cam, pose, shape, size)
     image = torch.rand(1, 3, size, size, device=device) * 2 - 1
-    gen = LiquidWarpingGenerator(bg_stream=False).to(device).eval()
+    background = torch.rand(1, 3, size, size, device=device) * 2 - 1
+    gen = (LiquidWarpingGenerator(bg_stream=False) if gen is None else gen).to(device).eval()
     stage2 = flow_composition(body.maps, [image], [src], tgt)
-    src_in = torch.cat([image, body.maps.render_cond(src.raster.face_index)], 1)
+    src_cond = body.maps.render_cond(src.raster.face_index)
+    src_in = torch.cat([image, src_cond], 1)
     tsf_in = torch.cat([stage2.warped, stage2.cond], 1)
     return SimpleNamespace(body=body, cam=cam, pose=pose, shape=shape, src=src, tgt=tgt, image=image, gen=gen,
-                           stage2=stage2, T=stage2.flows[0], src_in=src_in, tsf_in=tsf_in)
+                           stage2=stage2, T=stage2.flows[0], src_in=src_in, tsf_in=tsf_in, src_cond=src_cond,
+                           ft_mask=torch.ones_like(image[:, :1]), background=background)
 
 
-def _stage_rows(size: int, batch: int, device: torch.device, dtype: torch.dtype, repeats: int) -> list[dict]:
+TRANSFER = "generator transfer (per frame)"
+MATMUL_SIZE = 2048  # the yardstick's square matrix multiply
+REFERENCE_TRANSFER = "generator transfer, reference kernels (per frame)"
+SPEEDUP = "generator transfer speed-up over the reference kernels (fp32)"
+
+
+def _stage_rows(size: int, batch: int, runtime: Runtime, repeats: int, gen=None) -> tuple[list[dict], list[dict]]:
+    """(rows of the path the jobs run, comparison rows). Every row names the precision it ran in:
+    the generator runs through the jobs' synthesizer (its autocast, its kernels), everything else in
+    float32 as in the jobs. On a CPU the comparison rows time the transfer in float32 with the fast
+    kernels (when the run's precision is not fp32) and with PyTorch's own kernels, and give the
+    speed-up of the run's transfer over the latter."""
     from impersonator_cli.body.hmr import HMR
     from impersonator_cli.pipeline.compose import flow_composition
+    from impersonator_cli.pipeline.synth import LWBSynthesizer
     from impersonator_cli.gan.inpaintor import InpaintSANet
     from impersonator_cli.demo.mannequin import mannequin_arrays
     from impersonator_cli.render.body_view import view_body
 
-    s = stage_inputs(size, batch, device)
+    device, precision = runtime.device, runtime.precision
+    s = stage_inputs(size, batch, device, gen)
     body, cam, pose, shape, src, tgt, image, gen = s.body, s.cam, s.pose, s.shape, s.src, s.tgt, s.image, s.gen
-    T, src_in, tsf_in = s.T, s.src_in, s.tsf_in
+    stage2, bg = s.stage2, s.background.expand(batch, -1, -1, -1)
     inp = InpaintSANet().to(device).eval()
     hmr = HMR(mannequin_arrays()).to(device).eval()
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.no_grad())
 
-    with torch.no_grad(), autocast:
-        feats = gen.encode_source(src_in)
-        stages = {
-            "smpl (per frame)": (lambda: body.smpl(pose, shape.expand(batch, -1)), batch),
-            "rasterize (per frame)": (lambda: view_body(body.smpl, cam, pose, shape, size), batch),
-            "maps + flow + warp (per frame)": (lambda: flow_composition(body.maps, [image], [src], tgt), batch),
-            "generator transfer (per frame)": (lambda: gen.transfer(feats, tsf_in, T), batch),
-            **({"generator transfer, reference kernels (per frame)":
-                (lambda: _reference_kernels(gen, lambda: gen.transfer(feats, tsf_in, T)), batch)}
-               if device.type == "cpu" and dtype == torch.float32 else {}),
-            "generator encode source (once)": (lambda: gen.encode_source(src_in), 1),
-            "inpaintor (once per source)": (lambda: inp(image, torch.zeros_like(image[:, :1])), 1),
-            "hmr 224 (per crop)": (lambda: hmr(torch.rand(batch, 3, 224, 224, device=device)), batch),
-        }
-        rows = []
-        for name, (fn, per) in stages.items():
-            seconds = _time(fn, device, repeats)
-            rows.append({"size": size, "stage": name, "ms": 1000 * seconds / per})
-        rows.append({"size": size, **compute_bound(lambda: gen.transfer(feats, tsf_in, T), batch, device, dtype,
-                                                   repeats)})
-    return rows
+    def transfer(synth, feats):
+        return lambda: synth.render([feats], stage2.warped, stage2.cond, stage2.flows, bg)
+
+    def timed(stages: dict) -> list[dict]:
+        return [{"size": size, "stage": name, "precision": p, "ms": 1000 * _time(fn, device, repeats) / per}
+                for name, (fn, per, p) in stages.items()]
+
+    synth = LWBSynthesizer(gen, runtime)  # what the jobs render with
+    with torch.no_grad():
+        feats = synth.encode(image, s.src_cond, s.ft_mask)
+        rows = timed({
+            "smpl (per frame)": (lambda: body.smpl(pose, shape.expand(batch, -1)), batch, "fp32"),
+            "rasterize (per frame)": (lambda: view_body(body.smpl, cam, pose, shape, size), batch, "fp32"),
+            "maps + flow + warp (per frame)": (lambda: flow_composition(body.maps, [image], [src], tgt), batch,
+                                               "fp32"),
+            TRANSFER: (transfer(synth, feats), batch, precision),
+            "generator encode source (once)": (lambda: synth.encode(image, s.src_cond, s.ft_mask), 1, precision),
+            "inpaintor (once per source)": (lambda: inp(image, torch.zeros_like(image[:, :1])), 1, "fp32"),
+            "hmr 224 (per crop)": (lambda: hmr(torch.rand(batch, 3, 224, 224, device=device)), batch, "fp32"),
+        })
+        extra = []
+        if device.type == "cpu":
+            fp32 = LWBSynthesizer(gen, replace(runtime, precision="fp32", reason="fp32: bench comparison"))
+            feats32 = feats if precision == "fp32" else fp32.encode(image, s.src_cond, s.ft_mask)
+            compare = {} if precision == "fp32" else {
+                "generator transfer, fast kernels (per frame)": (transfer(fp32, feats32), batch, "fp32")}
+            compare[REFERENCE_TRANSFER] = (lambda: _reference_kernels(gen, transfer(fp32, feats32)), batch, "fp32")
+            extra = timed(compare)
+            extra.append({"size": size, "stage": SPEEDUP, "precision": precision,
+                          "ratio": extra[-1]["ms"] / next(r["ms"] for r in rows if r["stage"] == TRANSFER)})
+        extra.append({"size": size, "precision": precision,
+                      **compute_bound(transfer(synth, feats), batch, device, runtime.dtype, repeats)})
+    return rows, extra
 
 
 def compute_bound(fn: Callable[[], object], per: int, device: torch.device, dtype: torch.dtype,
@@ -117,7 +147,7 @@ def compute_bound(fn: Callable[[], object], per: int, device: torch.device, dtyp
     with FlopCounterMode(display=False) as counter:
         fn()
     gmac = counter.get_total_flops() / 2e9 / per
-    n = 2048
+    n = MATMUL_SIZE
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     rate = n ** 3 / 1e9 / _time(lambda: a @ b, device, repeats)
     return {"stage": f"generator transfer at the {n}² matmul rate", "fps": rate / gmac,
@@ -159,17 +189,27 @@ def _end_to_end(size: int, frames: int, batch: int, device: str, precision: str)
 
 def run_bench(sizes=(256, 512), batch: int = 4, frames: int = 16, device: str = "auto",
               precision: str = "auto", repeats: int = 3, memory: bool = False) -> list[dict]:
-    """Rows of {size, stage, ms} per stage and {size, stage, fps} end to end; with `memory`, also
-    {size, stage, peak_mb} rows from :func:`memory_rows`."""
+    """Rows of {size, stage, precision, ms} per stage and {size, stage, precision, fps} end to end,
+    per size the path the jobs run first, then on a CPU the float32 transfer kernels and the
+    speed-up {size, stage, precision, ratio} of the run's transfer over PyTorch's own float32
+    kernels, then the matmul-rate yardstick; with `memory`, also {size, stage, precision, peak_mb}
+    rows from :func:`memory_rows`."""
     runtime = resolve_runtime(device, precision)
     rows = []
     for size in sizes:
-        rows += _stage_rows(size, batch, runtime.device, runtime.dtype, repeats)
+        stages, extra = _stage_rows(size, batch, runtime, repeats)
+        rows += stages
         for label, fps in _end_to_end(size, frames, batch, str(runtime.device), runtime.precision).items():
-            rows.append({"size": size, "stage": label, "fps": fps})
+            rows.append({"size": size, "stage": label, "precision": _ran_in(label, runtime.precision), "fps": fps})
+        rows += extra
         if memory:
             rows += memory_rows(size, frames, batch, str(runtime.device), runtime.precision)
     return rows
+
+
+def _ran_in(label: str, precision: str) -> str:
+    """The precision a whole imitation ran its networks in: warp-only runs none in reduced precision."""
+    return "fp32" if "warp-only" in label else precision
 
 
 def memory_rows(size: int, frames: int, batch: int, device: str, precision: str,
@@ -190,7 +230,8 @@ def memory_rows(size: int, frames: int, batch: int, device: str, precision: str,
                 job = [str(files.weights_dir), str(files.source), str(files.source_smpl), str(files.motion),
                        generator, size, n, batch, device, precision, str(Path(tmp) / "out.mp4")]
                 peak = _in_fresh_process(job)
-                rows.append({"size": size, "stage": f"peak memory, {label}, {n} frames", **peak})
+                rows.append({"size": size, "stage": f"peak memory, {label}, {n} frames",
+                             "precision": _ran_in(label, precision), **peak})
     return rows
 
 

@@ -33,13 +33,26 @@ class JobResult:
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     missing_frames: list = field(default_factory=list)
+    precision: str = ""  # what the generator ran in: fp32, bf16 or fp16 (`ran_with`)
+    precision_reason: str = ""  # why: the rule that chose it ("fp32: this CPU has no native bf16 (AVX2)")
 
     def to_dict(self) -> dict:
         return {"output": str(self.output), "frames": self.frames,
                 "fps": None if self.fps is None else f"{self.fps.numerator}/{self.fps.denominator}",
                 "fps_float": None if self.fps is None else float(self.fps), "width": self.size[0],
                 "height": self.size[1], "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-                "warnings": list(self.warnings), "missing_frames": list(self.missing_frames)}
+                "warnings": list(self.warnings), "missing_frames": list(self.missing_frames),
+                "precision": self.precision, "precision_reason": self.precision_reason}
+
+
+def ran_with(stages: Stages) -> dict:
+    """JobResult's precision fields: the precision the generator ran in and why. Body, rendering,
+    flows and the inpaintor always run in float32; without a generator (warp-only) nothing else runs."""
+    runtime = stages.runtime
+    if getattr(stages.synth, "name", "") == "none":
+        also = "" if runtime.precision == "fp32" else f" ({runtime.precision} would apply to the generator)"
+        return {"precision": "fp32", "precision_reason": f"fp32: warp-only, no generator{also}"}
+    return {"precision": runtime.precision, "precision_reason": runtime.reason}
 
 
 def existing(path: PathLike, what: str) -> Path:

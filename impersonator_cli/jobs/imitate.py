@@ -24,7 +24,7 @@ from impersonator_cli.pipeline.background import to_uint8_frames
 from impersonator_cli.pipeline.compose import synthesize
 from impersonator_cli.errors import UsageError, check_option
 from impersonator_cli.jobs.common import (
-    VIDEO_SUFFIXES, JobResult, Source, Timings, existing, output_path, prepare, source_notes, tuning_notes,
+    VIDEO_SUFFIXES, JobResult, Source, Timings, existing, output_path, prepare, ran_with, source_notes, tuning_notes,
 )
 from impersonator_cli.io import timing
 from impersonator_cli.io.images import is_image_path, resize_rgb
@@ -273,6 +273,7 @@ def imitate(stages: Stages, sources: Sequence[Source], driver: PathLike, output:
         result = write_imitation(stages.body, stages.synth, prepared, stages.encode(prepared), driver, motion,
                                  output, stages.size, options, overwrite, progress)
     result.timings = {**timings, **result.timings}
+    result.precision, result.precision_reason = ran_with(stages).values()
     result.warnings.extend(source_notes(prepared) + notes + vfr_note(motion) + audio_note(driver, options))
     if motion.missing:
         result.warnings.append(f"{len(motion.missing)} driver frame(s) without a plausible person held the "

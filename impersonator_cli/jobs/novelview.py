@@ -22,7 +22,8 @@ from impersonator_cli.errors import UsageError, check_option
 from impersonator_cli.io.images import write_image
 from impersonator_cli.io.encode import VideoWriter
 from impersonator_cli.jobs.common import (
-    IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, Timings, output_path, prepare, source_notes, tuning_notes,
+    IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, Timings, output_path, prepare, ran_with, source_notes,
+    tuning_notes,
 )
 from impersonator_cli.pipeline.background import to_uint8_frames
 from impersonator_cli.pipeline.source import PreparedSource, SourceOptions
@@ -137,7 +138,8 @@ def novel_view(stages: Stages, source: Source, output: PathLike, *, options: Nov
             else:
                 _write_video(output, batches, rate, options.crf, overwrite, len(angles), progress)
     return JobResult(output=output, frames=len(angles), fps=None if is_image else rate,
-                     size=(stages.size, stages.size), timings=dict(timings), warnings=source_notes([src]) + notes)
+                     size=(stages.size, stages.size), timings=dict(timings), warnings=source_notes([src]) + notes,
+                     **ran_with(stages))
 
 
 def _write_video(output: Path, batches: Iterator[Tensor], fps: Fraction, crf: int, overwrite: bool, total: int,

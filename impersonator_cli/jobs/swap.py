@@ -15,7 +15,8 @@ from impersonator_cli.io.images import is_video_path, write_image
 from impersonator_cli.io.encode import VideoWriter
 from impersonator_cli.io.video import read_frames
 from impersonator_cli.jobs.common import (
-    IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, Timings, existing, output_path, prepare, source_notes, tuning_notes,
+    IMAGE_SUFFIXES, VIDEO_SUFFIXES, JobResult, Source, Timings, existing, output_path, prepare, ran_with, source_notes,
+    tuning_notes,
 )
 from impersonator_cli.jobs.imitate import ImitateOptions, driver_motion, output_holds, vfr_note
 from impersonator_cli.pipeline.background import to_uint8_frames
@@ -88,7 +89,7 @@ def swap(stages: Stages, source: Source, reference: Source, output: PathLike, *,
             image = swap_image(stages.body, stages.synth, src, ref, src_feats, ref_feats, parts, front_warp)
             write_image(output, to_uint8_frames(image)[0], overwrite=overwrite)
     return JobResult(output=output, frames=1, fps=None, size=(stages.size, stages.size), timings=dict(timings),
-                     warnings=source_notes([src, ref]) + notes)
+                     warnings=source_notes([src, ref]) + notes, **ran_with(stages))
 
 
 def swap_video(stages: Stages, source: Path, reference: Source, output: PathLike, *, parts, front_warp: bool,
@@ -108,7 +109,8 @@ def swap_video(stages: Stages, source: Path, reference: Source, output: PathLike
         done = _write_swap_video(stages, source, ref, output, motion, parts, front_warp, source_options,
                                  overwrite, progress)
     return JobResult(output=output, frames=done, fps=motion.fps, size=(stages.size, stages.size),
-                     warnings=source_notes([ref]) + notes + vfr_note(motion), missing_frames=list(motion.missing))
+                     warnings=source_notes([ref]) + notes + vfr_note(motion), missing_frames=list(motion.missing),
+                     **ran_with(stages))
 
 
 def _write_swap_video(stages: Stages, source: Path, ref: PreparedSource, output: Path, motion: MotionData,

@@ -51,7 +51,10 @@ def transformation_flow(src_p2verts: Tensor, tgt: Raster) -> Tensor:
     corners = src_p2verts.reshape(Bs * Fn, 6).index_select(0, face).to(tgt.weights.dtype)
     w = tgt.weights.reshape(-1, 3).index_select(0, pix)
     T = torch.full((fim.numel(), 2), NO_FLOW, dtype=w.dtype, device=w.device)
-    T.index_copy_(0, pix, torch.bmm(w.unsqueeze(1), corners.view(-1, 3, 2)).squeeze(1))
+    # Autocast off: under bf16 autocast bmm would round positions to 8 bits (up to half a pixel at
+    # 256 x 256, and a dtype index_copy_ refuses); jobs call this outside autocast anyway.
+    with torch.autocast(w.device.type, enabled=False):
+        T.index_copy_(0, pix, torch.bmm(w.unsqueeze(1), corners.view(-1, 3, 2)).squeeze(1))
     return T.view(*tgt.face_index.shape, 2)
 
 

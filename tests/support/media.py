@@ -77,16 +77,16 @@ def phone_level(i: int) -> int:
     return 40 + 6 * i
 
 
-def make_phone_vfr(path, bframes: int = 0, audio: bool = True, size=(64, 48)) -> Path:
-    """A phone that slowed its capture: 25 frames 1/25 s apart, then 5 frames at 2.48 s + 0.1 s k
-    (PHONE_TIMES); frame i is flat grey at luma `phone_level(i)`, so a decoded frame tells its index.
-    With a 440 Hz tone lasting 3 s when `audio`."""
+def make_phone_vfr(path, bframes: int = 0, audio: bool = True, size=(64, 48), fast: int = 25, slow: int = 5) -> Path:
+    """A phone that slowed its capture: `fast` frames 1/25 s apart, then `slow` frames at 2.48 s + 0.1 s k
+    (PHONE_TIMES for the defaults); frame i is flat grey at luma `phone_level(i)`, so a decoded frame
+    tells its index. With a 440 Hz tone lasting 3 s when `audio`."""
     w, h = size
-    pts = "if(lt(N,25),N/25,2.48+(N-25)/10)"
+    pts = f"if(lt(N,{fast}),N/25,2.48+(N-{fast})/10)"
     args = ["-f", "lavfi", "-i", f"color=black:size={w}x{h}:rate=25,geq=lum='40+6*N':cb=128:cr=128"]
     if audio:
         args += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=3"]
-    args += ["-frames:v", "30", "-vf", f"settb=1/1000,setpts='{pts}/TB'", "-fps_mode", "vfr",
+    args += ["-frames:v", str(fast + slow), "-vf", f"settb=1/1000,setpts='{pts}/TB'", "-fps_mode", "vfr",
              "-enc_time_base:v", "1/1000", "-c:v", "libx264", "-bf", str(bframes), "-preset", "ultrafast",
              "-pix_fmt", "yuv420p"]
     if audio:
