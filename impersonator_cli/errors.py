@@ -95,6 +95,13 @@ class EncodeError(EnvironmentProblem):
 
 
 EXIT_INTERRUPTED = 130
+BUG_HINT = "This is a bug in impersonate: report it with the output of `impersonate doctor`."
+
+
+def internal_error(exc: BaseException) -> dict:
+    """An unexpected exception as the `error` object of `--json` output and batch results (exit 1)."""
+    return {"kind": "InternalError", "message": f"{type(exc).__name__}: {exc}", "hint": BUG_HINT,
+            "exit_code": 1, "path": None}
 
 
 def check_option(ok: bool, name: str, want: str, got: object, flag: str | None = None) -> None:

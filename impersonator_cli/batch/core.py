@@ -12,7 +12,8 @@ from typing import Optional
 from impersonator_cli.batch.spec import JobSpec
 from impersonator_cli.batch.worker import Worker
 from impersonator_cli.defaults import cache_root
-from impersonator_cli.errors import ImpersonateError
+from impersonator_cli.errors import ImpersonateError, internal_error
+from impersonator_cli.io.images import leftover_partials
 from impersonator_cli.types import Progress
 
 Line = dict
@@ -83,10 +84,12 @@ def job_line(spec: JobSpec, status: str, seconds: float, result: dict | None = N
     return line
 
 
-def internal_error(exc: BaseException) -> dict:
-    return {"kind": type(exc).__name__, "message": f"{type(exc).__name__}: {exc}",
-            "hint": "This is a bug in impersonate: report it with the output of `impersonate doctor`.",
-            "exit_code": 1, "path": None}
+def worker_died(who: str, exc: BaseException) -> dict:
+    """The error object of a job whose worker process died under it (`who`: which worker, how often)."""
+    return {"kind": "WorkerDied", "message": f"The {who} running this job died",
+            "hint": "Check the memory of the machine it ran on (a killed worker is often out of memory; on a "
+                    "cluster also `ray status`), then run the batch again: finished jobs are skipped.",
+            "exit_code": 6, "path": None, "detail": f"{type(exc).__name__}: {exc}"}
 
 
 def run_job(worker: Worker, spec: JobSpec, progress: Progress | None = None) -> Line:
@@ -102,8 +105,8 @@ def run_job(worker: Worker, spec: JobSpec, progress: Progress | None = None) -> 
 
 
 def remove_partials(output: Path) -> None:
-    """Delete the hidden temp files a killed writer left beside `output` (io/images.reserve_partial_path)."""
-    for tmp in output.parent.glob(f".{output.name}.partial-*"):
+    """Delete the hidden temp files a killed writer left beside `output`."""
+    for tmp in leftover_partials(output):
         tmp.unlink(missing_ok=True)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from impersonator_cli.batch.core import (
-    BatchOptions, BatchSummary, Events, Line, job_line, remove_partials, run_job, threads_per_worker,
+    BatchOptions, BatchSummary, Events, Line, job_line, remove_partials, run_job, threads_per_worker, worker_died,
 )
 from impersonator_cli.batch.spec import JobSpec
 from impersonator_cli.batch.worker import Worker
@@ -110,7 +110,7 @@ def run_on_ray(specs: Iterable[JobSpec], options: BatchOptions, events: Events, 
                 if attempt < options.retries:
                     queue.appendleft((spec, attempt + 1))
                     continue
-                line = job_line(spec, "failed", 0.0, error=_died(exc, attempt + 1))
+                line = job_line(spec, "failed", 0.0, error=worker_died(f"Ray worker ({attempt + 1} tries)", exc))
             else:
                 idle.append(actor)
             yield line
@@ -125,9 +125,3 @@ def _total_counts(ray, actors) -> dict:
     for counts in ray.get([a.counts.remote() for a in actors]):
         total.update(counts)
     return dict(total)
-
-
-def _died(exc: BaseException, tries: int) -> dict:
-    return {"kind": "WorkerDied", "message": f"The Ray worker running this job died, {tries} time(s)",
-            "hint": "Check the node's memory and `ray status`, then run the batch again: finished jobs are "
-                    "skipped.", "exit_code": 6, "path": None, "detail": f"{type(exc).__name__}: {exc}"}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from impersonator_cli.batch.core import (
-    BatchOptions, BatchSummary, Events, Line, job_line, remove_partials, run_job, threads_per_worker,
+    BatchOptions, BatchSummary, Events, Line, job_line, remove_partials, run_job, threads_per_worker, worker_died,
 )
 from impersonator_cli.batch.spec import JobSpec
 from impersonator_cli.batch.worker import Worker
@@ -118,7 +118,7 @@ def run_in_pool(specs: Iterable[JobSpec], options: BatchOptions, events: Events,
                 yield future.result()
             except BrokenProcessPool as exc:
                 remove_partials(spec.output)
-                yield job_line(spec, "failed", 0.0, error=_worker_died(exc))
+                yield job_line(spec, "failed", 0.0, error=worker_died("worker process", exc))
 
 
 def _gpu_queue(ctx, workers: int):
@@ -131,9 +131,3 @@ def _gpu_queue(ctx, workers: int):
     for i in range(workers):
         queue.put(i % count)
     return queue
-
-
-def _worker_died(exc: BaseException) -> dict:
-    return {"kind": "WorkerDied", "message": f"The worker running this job died ({exc})",
-            "hint": "Check the machine's memory (a killed worker is often out of memory), then run the batch "
-                    "again: finished jobs are skipped.", "exit_code": 6, "path": None}

@@ -42,6 +42,7 @@ class Worker:
         self._sources: OrderedDict = OrderedDict()
         self._motions: dict = {}
         self._hmr_ids: dict = {}
+        self._driver_hashes: dict = {}
         self.counts = {"stages_loaded": 0, "sources_prepared": 0, "sources_reused": 0,
                        "motions_extracted": 0, "motions_reused": 0}
         self.last_reuse: dict = {}
@@ -139,10 +140,22 @@ class Worker:
             from impersonator_cli.tune.cache import module_fingerprint
 
             self._hmr_ids[key] = module_fingerprint(imp.body.hmr())
-        parts = {"version": MOTION_KEY_VERSION, "driver": content_hash(driver), "start": options.start,
+        parts = {"version": MOTION_KEY_VERSION, "driver": self._driver_hash(driver), "start": options.start,
                  "duration": options.duration, "max_frames": options.max_frames,
                  "batch_size": options.batch_size, "hmr": self._hmr_ids[key], "device": str(imp.runtime.device)}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def _driver_hash(self, driver: Path) -> str:
+        """The driver's content hash, read once per file version (path, size and mtime) in this worker:
+        jobs that share a driver do not re-read it. A frame folder is hashed each time (its own mtime
+        does not change when a frame is edited in place)."""
+        if driver.is_dir():
+            return content_hash(driver)
+        stat = driver.stat()
+        version = (str(driver.resolve()), stat.st_size, stat.st_mtime_ns)
+        if version not in self._driver_hashes:
+            self._driver_hashes[version] = content_hash(driver)
+        return self._driver_hashes[version]
 
     @contextlib.contextmanager
     def _motion_lock(self, digest: str):

@@ -23,6 +23,7 @@ from impersonator_cli.errors import (
     EncodeError,
     ImpersonateError,
     VideoDecodeError,
+    internal_error,
 )
 from impersonator_cli.io.publish import publish_mark, published_since
 from impersonator_cli.version import __version__
@@ -111,9 +112,7 @@ def _internal_error(exc: Exception) -> dict:
         markup=False,
         soft_wrap=True,
     )
-    return {"kind": "InternalError", "message": f"{type(exc).__name__}: {exc}",
-            "hint": "This is a bug in impersonate: report it with the output of `impersonate doctor`.",
-            "exit_code": 1, "path": None}
+    return internal_error(exc)
 
 
 def _usage_error(exc) -> dict:

@@ -12,6 +12,7 @@ relative to the manifest's folder.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -156,7 +157,7 @@ def plan_job(root: click.Group, number: int, job: dict, manifest: Path):
     except ImpersonateError as exc:
         raise _bad(where, exc.paragraph()) from exc
     overwrite = _truth(job.get("overwrite", False), where, "overwrite")
-    return spec.__class__(spec.kind, spec.stages, spec.output, {**spec.call, "overwrite": overwrite}, number)
+    return dataclasses.replace(spec, call={**spec.call, "overwrite": overwrite}, index=number)
 
 
 # ------------------------------------------------------------------ reporting

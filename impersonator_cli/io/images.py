@@ -19,6 +19,7 @@ EnvironmentProblem with a fix, not an import-time crash of the whole CLI.
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import re
 import struct
@@ -280,6 +281,16 @@ def resize_rgb(img: np.ndarray, size: tuple) -> np.ndarray:
 # ----------------------------------------------------------------------------- writing
 
 
+def _partial_prefix(path: Path) -> str:
+    return f".{path.name}.partial-"
+
+
+def leftover_partials(path: PathArg) -> list[Path]:
+    """The hidden temp files of `path` that writers killed before they finished left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{glob.escape(_partial_prefix(path))}*"))
+
+
 def reserve_partial_path(path: PathArg) -> Path:
     """Create an empty hidden temp file beside `path` with the same extension.
 
@@ -291,7 +302,7 @@ def reserve_partial_path(path: PathArg) -> Path:
     if not folder.is_dir():
         raise OutputError("The output folder does not exist", path=folder, hint="Create it first.")
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", suffix=path.suffix, dir=folder)
+        fd, name = tempfile.mkstemp(prefix=_partial_prefix(path), suffix=path.suffix, dir=folder)
     except OSError as exc:
         raise OutputError("Cannot write in the output folder", path=folder, hint="Check permissions.") from exc
     os.close(fd)

@@ -39,7 +39,7 @@ __all__ = ["VideoInfo", "FfmpegInfo", "find_ffmpeg", "find_ffprobe", "ffmpeg_inf
 
 DEFAULT_IMAGE_FPS = Fraction(25)  # rate given to image folders when none is asked (ffmpeg's default)
 _INSTALL_HINT = "Install it with `pip install imageio-ffmpeg` or `apt install ffmpeg`, or set IMPERSONATE_FFMPEG."
-_COMMON_RATES = [Fraction(r) for r in (24, 25, 30, 48, 50, 60, 120)]
+_COMMON_RATES = [Fraction(r) for r in timing.STANDARD_RATES]
 
 # ----------------------------------------------------------------------------- binaries
 

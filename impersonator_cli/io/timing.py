@@ -16,7 +16,8 @@ from fractions import Fraction
 
 import numpy as np
 
-COMMON_RATES = tuple(sorted({Fraction(r) for r in (24, 25, 30, 48, 50, 60, 120)}
+STANDARD_RATES = (24, 25, 30, 48, 50, 60, 120)  # frames/s cameras and editors use (and their x1000/1001)
+COMMON_RATES = tuple(sorted({Fraction(r) for r in STANDARD_RATES}
                             | {Fraction(r * 1000, 1001) for r in (24, 30, 60)}))
 MAX_DISPLAY_RATE = Fraction(120)
 _STEADY_QUANTILE = 10  # percent: the short end of the intervals, robust to a few jittery ones

@@ -141,15 +141,16 @@ class _VideoFrames(FrameSource):
         if self._pick is None:
             yield from frames
             return
-        wanted, last = set(self._pick.tolist()), int(self._pick[-1]) if len(self._pick) else -1
+        if not len(self._pick):
+            return
+        first, last = int(self._pick[0]), int(self._pick[-1])  # timing.select keeps one run of frames
         for index, frame in enumerate(frames):
-            if index in wanted:
+            if index >= first:
                 yield frame
-            if index >= last:
+            if index == last:
                 frames.close()
                 return
-        if last >= 0:  # the probe counted more frames than the decoder gave
-            raise self._error(f"The video gave fewer frames than its {self.info.frame_count} timestamps")
+        raise self._error(f"The video gave fewer frames than its {self.info.frame_count} timestamps")
 
     def _decoded(self) -> Iterator[np.ndarray]:
         self._child = child = _Child(self._args, stdout=subprocess.PIPE)

@@ -7,6 +7,7 @@ the next batch is computed.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,8 +273,7 @@ def imitate(stages: Stages, sources: Sequence[Source], driver: PathLike, output:
                 notes += tuning_notes(tuning.for_source(stages, prepared[0], personalize, cams, poses, tune_progress))
         result = write_imitation(stages.body, stages.synth, prepared, stages.encode(prepared), driver, motion,
                                  output, stages.size, options, overwrite, progress)
-    result.timings = {**timings, **result.timings}
-    result.precision, result.precision_reason = ran_with(stages).values()
+    result = dataclasses.replace(result, timings={**timings, **result.timings}, **ran_with(stages))
     result.warnings.extend(source_notes(prepared) + notes + vfr_note(motion) + audio_note(driver, options))
     if motion.missing:
         result.warnings.append(f"{len(motion.missing)} driver frame(s) without a plausible person held the "

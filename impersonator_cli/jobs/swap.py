@@ -67,13 +67,12 @@ def swap(stages: Stages, source: Source, reference: Source, output: PathLike, *,
     and audio kept) when the source is a video. `personalize`: tune the generator on the pair first (for
     a video, its first frame with a person; spec §5.3), for this job only. `progress` counts a video's
     frames, `tune_progress` tuning steps (for a photo, `progress` does when `tune_progress` is None)."""
-    check_swap(source, reference, output, overwrite)
+    output = check_swap(source, reference, output, overwrite)
     if not isinstance(source, PreparedSource) and is_video_path(source):
-        return swap_video(stages, existing(source, "source video"), reference, output, parts=parts,
+        return swap_video(stages, Path(source), reference, output, parts=parts,
                           front_warp=front_warp, reference_smpl=reference_smpl, source_options=source_options,
                           overwrite=overwrite, progress=progress, personalize=personalize,
                           tune_progress=tune_progress)
-    output = output_path(output, overwrite, IMAGE_SUFFIXES)
     timings = Timings()
     with timings.phase("prepare"):
         src = prepare(stages, source, source_smpl, source_options)
@@ -92,12 +91,12 @@ def swap(stages: Stages, source: Source, reference: Source, output: PathLike, *,
                      warnings=source_notes([src, ref]) + notes, **ran_with(stages))
 
 
-def swap_video(stages: Stages, source: Path, reference: Source, output: PathLike, *, parts, front_warp: bool,
+def swap_video(stages: Stages, source: Path, reference: Source, output: Path, *, parts, front_warp: bool,
                reference_smpl: PathLike | None, source_options: SourceOptions, overwrite: bool,
                progress: Progress | None, personalize: PersonalizeOptions | None = None,
                tune_progress: Progress | None = None) -> JobResult:
-    """Swap on every frame of a source video: bodies by HMR tracking, the whole (letterboxed) frame."""
-    output = output_path(output, overwrite, VIDEO_SUFFIXES)
+    """Swap on every frame of a source video: bodies by HMR tracking, the whole (letterboxed) frame.
+    `source` and `output` as `check_swap` checked them."""
     ref = prepare(stages, reference, reference_smpl, source_options, "reference photo")
     motion = driver_motion(stages.body, source, ImitateOptions(), None, role="source video")
     notes = []
